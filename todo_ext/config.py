@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 METHODS = ("nearest", "nearest-exact", "avg-pool")
 """K/V downsampling methods: strided nearest neighbour (the paper's), centre-sampled nearest, average pooling."""

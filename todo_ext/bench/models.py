@@ -7,14 +7,14 @@ Used by the benchmark and the tests. The layouts follow the `unet_config` of the
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from ldm.modules import attention as ldm_attention
 from ldm.modules.diffusionmodules import openaimodel
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
+from torch import nn
 
 LAYOUTS = {
     "sd15": dict(
@@ -60,6 +60,21 @@ def build_unet(layout: str = "sd15", width: int = FULL_WIDTH, *, context_dim: in
         if isinstance(module, (nn.Linear, nn.Conv2d)) and not module.weight.any():
             module.reset_parameters()
     return unet.eval().requires_grad_(False)
+
+
+def cast_unet(unet: UNetModel, dtype: torch.dtype) -> UNetModel:
+    """Run the U-Net in `dtype` the way the WebUI does: weights cast, `unet.dtype` set (ldm casts its input to
+    it), and the timestep embedding made in that dtype (modules/sd_hijack_unet.py, timestep_embedding).
+
+    GroupNorm stays in float32, as under the WebUI's autocast: ldm's GroupNorm32 normalises in float32 anyway.
+    """
+    unet.to(dtype)
+    for module in unet.modules():
+        if isinstance(module, nn.GroupNorm):
+            module.float()
+    unet.dtype = dtype
+    unet.time_embed.register_forward_pre_hook(lambda _module, args: (args[0].to(dtype),))
+    return unet
 
 
 def unet_inputs(unet: UNetModel, batch: int, latent_height: int, latent_width: int, *, timestep: float = 500.0,

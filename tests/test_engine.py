@@ -1,0 +1,309 @@
+"""The ToDo engine on real ldm U-Nets (random weights, small widths)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import tomesd
+import torch
+from ldm.modules.attention import CrossAttention
+from torch import nn
+
+import todo_ext
+from todo_ext import ToDoConfig
+from todo_ext.bench.models import build_unet, cast_unet, sdpa_attention, unet_inputs, webui_skip_resize
+
+WIDTH = 32
+LDM_EINSUM_FORWARD = CrossAttention.forward
+
+
+@pytest.fixture(autouse=True)
+def sdpa():
+    with sdpa_attention():
+        yield
+
+
+def transformer_blocks(unet):
+    return [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+
+
+def paper_attention(attn: nn.Module, x: torch.Tensor, grid: tuple[int, int], stride: int = 2):
+    """softmax(Q D(K)^T / sqrt(d)) D(V), with D the strided nearest-neighbour subsample of K and V on their grid."""
+    batch, tokens, channels = x.shape
+    heads = attn.heads
+
+    def down(t):
+        image = t.transpose(1, 2).reshape(batch, channels, *grid)
+        return image[:, :, ::stride, ::stride].flatten(2).transpose(1, 2)
+
+    def split(t):
+        return t.reshape(batch, -1, heads, channels // heads).transpose(1, 2)
+
+    q, k, v = split(attn.to_q(x)), split(down(attn.to_k(x))), split(down(attn.to_v(x)))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / (channels // heads) ** 0.5, dim=-1)
+    return attn.to_out((weights @ v).transpose(1, 2).reshape(batch, tokens, channels))
+
+
+def record_attn1(unet):
+    """Capture (input, context kwarg, output) of every attn1 call; registered after ToDo's hooks, so it sees the
+    context ToDo handed in."""
+    calls = []
+    handles = []
+    for block in transformer_blocks(unet):
+        def pre(module, args, kwargs, block=block):
+            calls.append({"block": block, "x": args[0], "context": kwargs.get("context")})
+
+        def post(module, args, kwargs, output):
+            calls[-1]["out"] = output
+
+        handles.append(block.attn1.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.attn1.register_forward_hook(post, with_kwargs=True))
+    return calls, handles
+
+
+def total_todo_hooks(unet):
+    return sum(getattr(h, "is_todo_hook", False) for m in unet.modules() for h in m._forward_pre_hooks.values())
+
+
+def test_unet_output_matches_the_papers_formula():
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 2, 16, 16)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=0))
+    calls, _ = record_attn1(unet)
+    unet(x, t, c)
+    downsampled = [call for call in calls if call["context"] is not None]
+    assert len(downsampled) == 5
+    for call in downsampled:
+        assert call["context"].shape == (2, 64, WIDTH)
+        expected = paper_attention(call["block"].attn1, call["x"], (16, 16))
+        torch.testing.assert_close(call["out"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_ratio_zero_is_bit_identical_to_the_plain_unet():
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 2, 16, 16)
+    reference = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.0, max_depth=3))
+    assert torch.equal(unet(x, t, c), reference)
+    assert handle.stats["downsampled"] == 0
+
+
+def test_downsampling_changes_the_output_and_remove_restores_it_bit_for_bit():
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 2, 16, 16)
+    reference = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    assert not torch.equal(unet(x, t, c), reference)
+    handle.remove()
+    assert total_todo_hooks(unet) == 0
+    assert torch.equal(unet(x, t, c), reference)
+
+
+def test_remove_function_clears_hooks_whoever_applied_them():
+    unet = build_unet("sdxl", WIDTH)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    reference = unet(x, t, c)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=1))
+    assert todo_ext.remove(unet) == 1 + 11
+    assert todo_ext.remove(unet) == 0
+    assert all(not m._forward_pre_hooks for m in unet.modules())
+    assert torch.equal(unet(x, t, c), reference)
+
+
+def test_applying_twice_replaces_the_settings_instead_of_stacking():
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=1))
+    hooks_once = total_todo_hooks(unet)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=1))
+    assert total_todo_hooks(unet) == hooks_once
+    stacked = unet(x, t, c)
+    todo_ext.remove(unet)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=1))
+    assert torch.equal(unet(x, t, c), stacked)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.9375, max_depth=0))
+    calls, _ = record_attn1(unet)
+    unet(x, t, c)
+    assert {call["context"].shape[1] for call in calls if call["context"] is not None} == {16}
+    assert handle.stats["downsampled"] == 5
+
+
+@pytest.mark.parametrize("latent", [(135, 240), (125, 125), (17, 31)])
+def test_odd_grids_use_ceil_arithmetic(latent):
+    """1080x1920, 1000x1000 and 136x248 px: latents that are not multiples of 8, run as the WebUI runs them."""
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 1, *latent)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=1))
+    calls, _ = record_attn1(unet)
+    with webui_skip_resize():
+        out = unet(x, t, c)
+    assert out.shape == x.shape
+    assert handle.stats == {"downsampled": 10, "passed_through": 0, "errors": 0}
+    level1 = (-(-latent[0] // 2), -(-latent[1] // 2))
+    for call in calls:
+        grid = latent if call["x"].shape[1] == latent[0] * latent[1] else level1
+        if call["context"] is None:
+            continue
+        kv = (-(-grid[0] // 2), -(-grid[1] // 2))
+        assert call["context"].shape[1] == kv[0] * kv[1]
+        torch.testing.assert_close(call["out"], paper_attention(call["block"].attn1, call["x"], grid),
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_every_batch_size_is_downsampled(batch):
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, batch, 16, 16)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    calls, _ = record_attn1(unet)
+    unet(x, t, c)
+    contexts = [call["context"] for call in calls if call["context"] is not None]
+    assert [tuple(ctx.shape) for ctx in contexts] == [(batch, 64, WIDTH)] * 5
+    assert handle.stats["downsampled"] == 5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_dtype_and_stays_close_to_the_formula(dtype):
+    unet = cast_unet(build_unet("sd15", WIDTH), dtype)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, method="nearest"))
+    calls, _ = record_attn1(unet)
+    out = unet(x, t, c)
+    assert out.dtype == dtype
+    downsampled = [call for call in calls if call["context"] is not None]
+    assert len(downsampled) == 5
+    for call in downsampled:
+        assert call["context"].dtype == dtype
+        assert call["out"].dtype == dtype
+        attn_fp32 = copy.deepcopy(call["block"].attn1).float()
+        expected = paper_attention(attn_fp32, call["x"].float(), (16, 16))
+        torch.testing.assert_close(call["out"].float(), expected, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("layout", "max_depth", "expected_grids"),
+    [
+        ("sd15", 0, {256: 64}),
+        ("sd15", 1, {256: 64, 64: 16}),
+        ("sd15", 3, {256: 64, 64: 16, 16: 4, 4: 1}),
+        ("sdxl", 0, {64: 16}),
+        ("sdxl", 1, {64: 16, 16: 4}),
+    ],
+)
+def test_depth_counts_from_the_top_attention_level(layout, max_depth, expected_grids):
+    """Depth 0 is latent/1 on SD1.x and latent/2 on SDXL; deeper levels stay exact beyond max_depth."""
+    unet = build_unet(layout, WIDTH)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=max_depth))
+    calls, _ = record_attn1(unet)
+    unet(x, t, c)
+    seen = {}
+    for call in calls:
+        tokens = call["x"].shape[1]
+        seen[tokens] = None if call["context"] is None else call["context"].shape[1]
+    for tokens, kv_tokens in seen.items():
+        assert kv_tokens == expected_grids.get(tokens), f"{tokens} tokens -> {kv_tokens} K/V tokens"
+
+
+def test_deeper_ratios_set_each_level_on_its_own():
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 1, 24, 24)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.89, max_depth=2, deeper_ratios=(0.75, 0.0)))
+    calls, _ = record_attn1(unet)
+    unet(x, t, c)
+    seen = {call["x"].shape[1]: call["context"] for call in calls}
+    assert seen[576].shape[1] == 64
+    assert seen[144].shape[1] == 36
+    assert seen[36] is None
+
+
+@pytest.mark.parametrize(("layout", "levels"), [("sd15", (0, 1, 2, 3)), ("sd21", (0, 1, 2, 3)), ("sdxl", (1, 2))])
+def test_auto_mode_picks_the_papers_factors(layout, levels):
+    """Fixed K/V budget of 4096 tokens at depth 0: 512 px exact on SD1.x, then 2x, 3x, 4x (SDXL one size up)."""
+    unet = build_unet(layout, WIDTH)
+    assert todo_ext.attention_levels(unet) == levels
+    config = ToDoConfig(auto=True, max_depth=1)
+    scale = 2 if layout == "sdxl" else 1
+    for pixels, factor in [(512, 1), (1024, 2), (1536, 3), (2048, 4)]:
+        latent = pixels * scale // 8
+        plans = todo_ext.plan_kv_tokens(config, latent, latent, levels)
+        assert [plan.factor for plan in plans[:2]] == [factor, factor]
+        assert plans[0].kv_tokens == 4096
+        assert all(plan.factor == 1 for plan in plans[2:])
+
+
+def test_auto_mode_follows_each_pass_and_never_upsamples():
+    unet = build_unet("sd15", WIDTH)
+    todo_ext.apply(unet, ToDoConfig(auto=True, auto_target_tokens=64))
+    calls, _ = record_attn1(unet)
+    for side, kv_tokens in [(8, None), (16, 64), (32, 64)]:
+        calls.clear()
+        unet(*unet_inputs(unet, 1, side, side))
+        top = [call["context"] for call in calls if call["x"].shape[1] == side * side]
+        assert {None if ctx is None else ctx.shape[1] for ctx in top} == {kv_tokens}
+
+
+def test_step_window_reads_progress_from_the_timestep():
+    unet = build_unet("sd15", WIDTH)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75, start=0.0, end=0.5))
+    plain = build_unet("sd15", WIDTH)
+    for timestep, expect_downsampled in [(999.0, True), (600.0, True), (400.0, False), (0.0, False)]:
+        x, t, c = unet_inputs(unet, 2, 16, 16, timestep=timestep)
+        reference = plain(x, t, c)
+        assert torch.equal(unet(x, t, c), reference) is not expect_downsampled, timestep
+
+
+def test_token_merging_makes_todo_step_aside_with_one_warning(caplog):
+    """tomesd (the WebUI's Token merging) merges tokens before attn1: ToDo passes through, never raises."""
+    unet = build_unet("sd15", WIDTH)
+    holder = nn.Module()
+    holder.model = nn.Module()
+    holder.model.diffusion_model = unet
+    tomesd.apply_patch(holder, ratio=0.5, use_rand=False)
+    x, t, c = unet_inputs(unet, 2, 16, 16)
+    tome_only = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        both = unet(x, t, c)
+        unet(x, t, c)
+    assert torch.equal(both, tome_only)
+    assert handle.stats["passed_through"] == 10
+    assert handle.stats["downsampled"] == 0
+    assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
+
+
+def test_a_failure_inside_todo_falls_back_to_exact_attention(monkeypatch, caplog):
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    reference = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr("todo_ext.patch.downsample_tokens", broken)
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        assert torch.equal(unet(x, t, c), reference)
+    assert handle.stats["errors"] == 5
+    assert len([r for r in caplog.records if "downsampling failed" in r.getMessage()]) == 1
+
+
+def test_works_under_the_plain_einsum_attention_too():
+    """Attention optimizers differ in kernel, not in where K/V come from: the result matches SDPA's."""
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    with_sdpa = unet(x, t, c)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CrossAttention, "forward", LDM_EINSUM_FORWARD)
+        with_einsum = unet(x, t, c)
+    torch.testing.assert_close(with_einsum, with_sdpa, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_modules_are_rejected_clearly():
+    with pytest.raises(todo_ext.UnsupportedModelError, match="not an ldm/sgm UNetModel"):
+        todo_ext.apply(nn.Linear(4, 4), ToDoConfig())
+    with pytest.raises(TypeError, match="ToDoConfig"):
+        todo_ext.apply(build_unet("sd15", WIDTH), {"ratio": 0.5})

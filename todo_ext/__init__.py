@@ -1,0 +1,20 @@
+"""ToDo: token downsampling of self-attention keys and values for Stable Diffusion U-Nets (pure torch)."""
+
+from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
+from .downsample import downsample_tokens
+from .patch import LevelPlan, ToDoHandle, UnsupportedModelError, apply, attention_levels, plan_kv_tokens, remove
+
+__all__ = [
+    "METHODS",
+    "LevelPlan",
+    "ToDoConfig",
+    "ToDoHandle",
+    "UnsupportedModelError",
+    "apply",
+    "attention_levels",
+    "downsample_tokens",
+    "factor_to_ratio",
+    "plan_kv_tokens",
+    "ratio_to_factor",
+    "remove",
+]

@@ -1,0 +1,260 @@
+"""Hooking ToDo into an ldm or sgm UNetModel with torch module hooks on instances.
+
+A forward pre-hook on the U-Net reads the latent's grid, batch and timestep for the call. A forward pre-hook
+(with kwargs) on each selected `attn1` hands the attention a downsampled copy of its input as `context`: every
+attention implementation the WebUI installs computes K and V from `context`, so the queries stay full and the
+K/V projections run on the reduced tokens. No class method is replaced, so the WebUI's attention optimizer and
+other extensions that patch the same classes keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .config import ToDoConfig
+from .downsample import downsample_tokens, kv_grid
+
+log = logging.getLogger("todo_ext")
+
+TRAIN_TIMESTEPS = 1000
+"""Length of the noise schedule SD was trained with; the U-Net's timestep runs from 999 (noise) to 0."""
+
+
+class UnsupportedModelError(ValueError):
+    """The module is not an ldm/sgm UNetModel with self-attention (SD3's MMDiT, a TensorRT U-Net, ...)."""
+
+
+def _is_a(module: nn.Module, class_name: str) -> bool:
+    """Match by class name along the MRO: ldm and sgm define their own classes, and the WebUI's Token merging
+    swaps in subclasses of BasicTransformerBlock."""
+    return any(cls.__name__ == class_name for cls in type(module).__mro__)
+
+
+def _resolution_change(module: nn.Module) -> int:
+    if _is_a(module, "Downsample") or getattr(module, "down", False) is True:
+        return 1
+    if _is_a(module, "Upsample") or getattr(module, "up", False) is True:
+        return -1
+    return 0
+
+
+def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
+    """Every BasicTransformerBlock of the U-Net with its level (log2 of the latent's downscale there)."""
+    if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
+        raise UnsupportedModelError(
+            f"ToDo: {type(unet).__name__} is not an ldm/sgm UNetModel (no input_blocks/middle_block/output_blocks)"
+        )
+    found = []
+    level = 0
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        for layer in block.children():
+            found.extend(
+                (module, level)
+                for module in layer.modules()
+                if _is_a(module, "BasicTransformerBlock") and isinstance(getattr(module, "attn1", None), nn.Module)
+            )
+            level += _resolution_change(layer)
+    if not found:
+        raise UnsupportedModelError(f"ToDo: {type(unet).__name__} has no BasicTransformerBlock self-attention")
+    return found
+
+
+def attention_levels(unet: nn.Module) -> tuple[int, ...]:
+    """Levels (log2 of the downscale) that have self-attention: (0, 1, 2) on SD1.x/SD2.x, (1, 2) on SDXL."""
+    return tuple(sorted({level for _, level in _self_attention_levels(unet)}))
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """What ToDo does at one attention level for one latent size."""
+
+    depth: int
+    level: int
+    grid: tuple[int, int]
+    kv_grid: tuple[int, int]
+    factor: float
+
+    @property
+    def tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.kv_grid[0] * self.kv_grid[1]
+
+
+def level_grid(latent_height: int, latent_width: int, level: int) -> tuple[int, int]:
+    """Token grid at a level: each ldm Downsample (3x3 conv, stride 2, padding 1) halves a side rounding up."""
+    scale = 2**level
+    return math.ceil(latent_height / scale), math.ceil(latent_width / scale)
+
+
+def plan_kv_tokens(config: ToDoConfig, latent_height: int, latent_width: int,
+                   levels: tuple[int, ...]) -> list[LevelPlan]:
+    """Grid, factor and K/V grid per attention depth for a latent size; depth i is levels[i]."""
+    grids = [level_grid(latent_height, latent_width, level) for level in levels]
+    depth0_tokens = grids[0][0] * grids[0][1]
+    plans = []
+    for depth, (level, grid) in enumerate(zip(levels, grids, strict=True)):
+        factor = config.factor_at(depth, depth0_tokens)
+        plans.append(LevelPlan(depth, level, grid, kv_grid(grid, factor), factor))
+    return plans
+
+
+class _ToDoHook:
+    """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads."""
+
+    is_todo_hook = True
+
+    def __init__(self, function: Callable[..., Any]):
+        self.function = function
+
+    def __call__(self, *args: Any) -> Any:
+        return self.function(*args)
+
+
+class _PassState:
+    """What the current U-Net call tells the attention hooks: grid per level, batch, whether ToDo is on."""
+
+    def __init__(self, config: ToDoConfig, levels: tuple[int, ...]):
+        self.config = config
+        self.levels = levels
+        self.active = False
+        self.batch = 0
+        self.plans: dict[int, LevelPlan] = {}
+        self._latent: tuple[int, int] | None = None
+        self.stats = {"downsampled": 0, "passed_through": 0, "errors": 0}
+        self._warned: set[str] = set()
+
+    def begin_call(self, latent: torch.Tensor, timesteps: Any) -> None:
+        self.active = False
+        self.batch = latent.shape[0]
+        height, width = latent.shape[-2:]
+        if self._latent != (height, width):
+            plans = plan_kv_tokens(self.config, height, width, self.levels)
+            self.plans = {plan.level: plan for plan in plans}
+            self._latent = (height, width)
+        if self.config.has_step_window:
+            if timesteps is None:
+                self.warn_once("no-timestep", "the U-Net got no timestep; the step window is ignored")
+            else:
+                progress = 1.0 - float(torch.as_tensor(timesteps).flatten()[0]) / (TRAIN_TIMESTEPS - 1)
+                if not self.config.covers(min(1.0, max(0.0, progress))):
+                    return
+        self.active = True
+
+    def warn_once(self, kind: str, message: str, *, error: bool = False) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("ToDo: %s", message, exc_info=error)
+
+
+def _unet_pre_hook(state: _PassState) -> _ToDoHook:
+    def read_latent(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        try:
+            latent = args[0] if args else kwargs["x"]
+            timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+            state.begin_call(latent, timesteps)
+        except Exception:
+            state.active = False
+            state.stats["errors"] += 1
+            state.warn_once("unet-error", "could not read the U-Net input; attention runs unchanged", error=True)
+
+    return _ToDoHook(read_latent)
+
+
+def _attn1_pre_hook(state: _PassState, level: int) -> _ToDoHook:
+    def swap_context(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if not state.active:
+            return None
+        plan = state.plans.get(level)
+        if plan is None or plan.factor == 1.0:
+            return None
+        try:
+            x = args[0] if args else kwargs["x"]
+            context = args[1] if len(args) > 1 else kwargs.get("context")
+            if context is not None:
+                return None
+            if x.dim() != 3 or x.shape[0] != state.batch or x.shape[1] != plan.tokens:
+                state.stats["passed_through"] += 1
+                state.warn_once(
+                    "mismatch",
+                    f"self-attention at latent/{2**level} got {tuple(x.shape)} where ToDo expected "
+                    f"({state.batch}, {plan.tokens}, C); another patch (Token merging, Hypertile?) changed the "
+                    "tokens, so ToDo leaves those layers alone",
+                )
+                return None
+            reduced = downsample_tokens(x, plan.grid, plan.factor, state.config.method)
+            extra = kwargs.get("additional_tokens")
+            if extra is not None:
+                reduced = torch.cat([extra, reduced], dim=1)
+            state.stats["downsampled"] += 1
+            if len(args) > 1:
+                return (args[0], reduced, *args[2:]), kwargs
+            return args, {**kwargs, "context": reduced}
+        except Exception:
+            state.stats["errors"] += 1
+            state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
+            return None
+
+    return _ToDoHook(swap_context)
+
+
+class ToDoHandle:
+    """The hooks one `apply` added; `remove()` takes exactly those off again."""
+
+    def __init__(self, unet: nn.Module, config: ToDoConfig, state: _PassState, hooks: list[RemovableHandle]):
+        self.unet = unet
+        self.config = config
+        self._state = state
+        self._hooks = hooks
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counts of attention calls downsampled, passed through on mismatched tokens, and failed over."""
+        return dict(self._state.stats)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._hooks)
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+def apply(unet: nn.Module, config: ToDoConfig) -> ToDoHandle:
+    """Hook ToDo into `unet` (replacing earlier ToDo settings) and return the handle that undoes it."""
+    if not isinstance(config, ToDoConfig):
+        raise TypeError(f"ToDo: config must be a ToDoConfig, not {type(config).__name__}")
+    blocks = _self_attention_levels(unet)
+    levels = tuple(sorted({level for _, level in blocks}))
+    remove(unet)
+    state = _PassState(config, levels)
+    hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state), with_kwargs=True)]
+    for block, level in blocks:
+        depth = levels.index(level)
+        if depth <= config.max_depth:
+            hooks.append(block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, level), with_kwargs=True))
+    return ToDoHandle(unet, config, state, hooks)
+
+
+def remove(unet: nn.Module) -> int:
+    """Remove every ToDo hook from `unet` and its submodules, whoever applied them; returns how many."""
+    removed = 0
+    for module in unet.modules():
+        for hook_id, hook in list(module._forward_pre_hooks.items()):
+            if getattr(hook, "is_todo_hook", False):
+                del module._forward_pre_hooks[hook_id]
+                module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
+                removed += 1
+    return removed
