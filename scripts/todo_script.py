@@ -1,0 +1,263 @@
+"""AUTOMATIC1111 WebUI glue for ToDo: UI, per-pass hooks, infotext, settings, X/Y/Z axes, API validation.
+
+Thin on purpose: argument handling lives in todo_ext.args, the hooks in the todo_ext engine.
+"""
+
+import html
+import json
+import weakref
+
+import gradio as gr
+from modules import script_callbacks, scripts, shared
+from modules.infotext_utils import PasteField
+from modules.ui_components import InputAccordion
+from torch import nn
+
+import todo_ext
+from todo_ext import args as todo_args
+from todo_ext.api_validation import SCRIPT_TITLE, ToDoRequestValidator
+
+XYZ_AXIS_PREFIX = "[ToDo] "
+SETTINGS_SECTION = ("todo", "ToDo")
+
+_hooked_unets = weakref.WeakSet()
+"""Every U-Net this extension hooked, so cleanup also reaches a model that was swapped out mid-job."""
+
+
+def _unet_of(sd_model):
+    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    return unet if isinstance(unet, nn.Module) else None
+
+
+def remove_all_hooks(sd_model=None) -> int:
+    """Take ToDo off every U-Net hooked so far and off `sd_model`'s, whatever happened to the last job."""
+    unets = list(_hooked_unets)
+    current = _unet_of(sd_model)
+    if current is not None:
+        unets.append(current)
+    _hooked_unets.clear()
+    return sum(todo_ext.remove(unet) for unet in unets)
+
+
+def current_defaults() -> todo_args.ToDoArgs:
+    """UI and API defaults from Settings > ToDo."""
+    return todo_args.defaults_from_settings({
+        spec.name: shared.opts.data.get(todo_args.setting_key(spec), spec.default)
+        for spec in todo_args.SETTING_FIELDS
+    })
+
+
+def _component(spec, value, elem_id):
+    common = dict(value=value, label=spec.label, elem_id=elem_id)
+    if spec.kind == "bool":
+        return gr.Checkbox(**common)
+    if spec.kind == "choice":
+        return gr.Radio(choices=list(spec.choices), **common)
+    return gr.Slider(minimum=spec.minimum, maximum=spec.slider_maximum or spec.maximum, step=spec.step, **common)
+
+
+class _PassNote:
+    """Infotext "ToDo note", evaluated when the WebUI writes the infotext (after sampling, so stats are in)."""
+
+    def __init__(self):
+        self.notes = []
+        self.handles = []
+
+    def passed_through(self):
+        return sum(handle.stats["passed_through"] for handle in self.handles)
+
+    def __call__(self, **_locals):
+        passed_through = self.passed_through()
+        notes = list(self.notes)
+        if passed_through:
+            notes.append(f"stepped aside in {passed_through} attention calls changed by another patch")
+        return "; ".join(notes) or None
+
+
+class ToDoScript(scripts.Script):
+    def title(self):
+        return SCRIPT_TITLE
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        defaults = current_defaults()
+        spec_of = todo_args.FIELDS_BY_NAME
+        made = {}
+
+        def add(name):
+            made[name] = _component(spec_of[name], getattr(defaults, name), self.elem_id(name))
+
+        made["enabled"] = InputAccordion(defaults.enabled, label=spec_of["enabled"].label,
+                                         elem_id=self.elem_id("enabled"))
+        with made["enabled"]:
+            with gr.Row():
+                add("ratio")
+                gr.HTML(html.escape(todo_args.factor_label(defaults.ratio)), elem_id=self.elem_id("factor"))
+            with gr.Row():
+                add("max_depth")
+                add("method")
+            with gr.Row():
+                add("auto")
+                add("auto_target_tokens")
+            with gr.Row():
+                add("start")
+                add("end")
+            with gr.Group(), gr.Row():
+                add("hires_mode")
+                add("hires_ratio")
+                add("hires_only")
+            hints = {self.elem_id(spec.name): spec.hint for spec in todo_args.FIELDS}
+            gr.HTML(
+                f'<div class="todo-kv-line" data-todo-hints="{html.escape(json.dumps(hints))}"></div>',
+                elem_id=self.elem_id("kv_line"),
+            )
+
+        controls = [made[spec.name] for spec in todo_args.FIELDS]
+        targets = [todo_args.paste_target(spec) for spec in todo_args.FIELDS]
+        self.infotext_fields = [PasteField(control, target) for control, target in zip(controls, targets, strict=True)]
+        self.paste_field_names = [target for target in targets if isinstance(target, str)]
+        return controls
+
+    def before_process(self, p, *args):
+        remove_all_hooks(getattr(p, "sd_model", None))
+        p.extra_generation_params = {
+            key: value for key, value in p.extra_generation_params.items() if not key.startswith(SCRIPT_TITLE)
+        }
+        p.todo_note = _PassNote()
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        sd_model = getattr(p, "sd_model", None)
+        remove_all_hooks(sd_model)
+        is_hires = bool(getattr(p, "is_hr_pass", False))
+        job_args = self._job_args(p, args)
+        config = job_args.config_for_pass(is_hires) if job_args else None
+        unet = _unet_of(sd_model)
+        if config is None:
+            return
+        note = self._note(p)
+        if unet is None:
+            self._step_aside(p, note, "the loaded model has no torch U-Net")
+            return
+        try:
+            handle = todo_ext.apply(unet, config)
+        except todo_ext.UnsupportedModelError:
+            self._step_aside(p, note, "model not supported (needs SD1.x, SD2.x or SDXL attention)")
+            return
+        _hooked_unets.add(unet)
+        note.handles.append(handle)
+        latent_height, latent_width = self._latent_size(p, kwargs.get("x"), is_hires)
+        plans = todo_ext.plan_kv_tokens(config, latent_height, latent_width, todo_ext.attention_levels(unet))
+        summary = todo_args.kv_summary(plans)
+        kv_key = todo_args.INFOTEXT_HIRES_KV_KEY if is_hires else todo_args.INFOTEXT_FIRST_PASS_KV_KEY
+        p.extra_generation_params.update(todo_args.infotext_params(job_args))
+        p.extra_generation_params[kv_key] = summary
+        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
+        print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
+
+    def postprocess(self, p, processed, *args):
+        remove_all_hooks(getattr(p, "sd_model", None))
+        note = getattr(p, "todo_note", None)
+        passed_through = note.passed_through() if isinstance(note, _PassNote) else 0
+        if passed_through:
+            print(f"[ToDo] warning: {passed_through} attention calls had tokens changed by another patch "
+                  "(Token merging or Hypertile?); ToDo left them unchanged")
+
+    def _job_args(self, p, script_args):
+        try:
+            job_args = todo_args.parse_script_args(script_args, current_defaults())
+            overrides = getattr(p, "todo_overrides", None)
+            return job_args.with_values(overrides) if overrides else job_args
+        except ValueError as error:
+            self._step_aside(p, self._note(p), f"invalid arguments, ToDo off ({error})")
+            return None
+
+    @staticmethod
+    def _note(p):
+        if not isinstance(getattr(p, "todo_note", None), _PassNote):
+            p.todo_note = _PassNote()
+        return p.todo_note
+
+    @staticmethod
+    def _step_aside(p, note, reason):
+        if reason not in note.notes:
+            note.notes.append(reason)
+            print(f"[ToDo] warning: {reason}; generating without ToDo")
+        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
+
+    @staticmethod
+    def _latent_size(p, latent, is_hires):
+        if latent is not None and hasattr(latent, "shape") and len(latent.shape) == 4:
+            return int(latent.shape[-2]), int(latent.shape[-1])
+        width, height = (p.hr_upscale_to_x, p.hr_upscale_to_y) if is_hires else (p.width, p.height)
+        return -(-height // 8), -(-width // 8)
+
+
+def on_ui_settings():
+    for spec in todo_args.SETTING_FIELDS:
+        if spec.kind == "bool":
+            component, component_args = gr.Checkbox, None
+        elif spec.kind == "choice":
+            component, component_args = gr.Radio, {"choices": list(spec.choices)}
+        else:
+            component = gr.Slider
+            component_args = {"minimum": spec.minimum, "maximum": spec.slider_maximum or spec.maximum,
+                              "step": spec.step}
+        option = shared.OptionInfo(spec.default, f"Default {spec.label.lower()}", component, component_args,
+                                   section=SETTINGS_SECTION, category_id="sd")
+        shared.opts.add_option(todo_args.setting_key(spec), option.info(spec.hint))
+
+
+def _xyz_override(name, **also):
+    def apply(p, value, _values):
+        p.todo_overrides = {**getattr(p, "todo_overrides", {}), name: value, **also}
+
+    return apply
+
+
+def _xyz_confirm(name):
+    def confirm(_p, values):
+        for value in values:
+            todo_args.FIELDS_BY_NAME[name].coerce(value)
+
+    return confirm
+
+
+def add_xyz_axes():
+    """X/Y/Z plot axes, added the way the built-in Hypertile does, once per loaded xyz_grid module."""
+    xyz_grid = next((data.module for data in scripts.scripts_data if data.script_class.__module__ == "xyz_grid.py"),
+                    None)
+    if xyz_grid is None or any(opt.label.startswith(XYZ_AXIS_PREFIX) for opt in xyz_grid.axis_options):
+        return
+    depths = todo_args.FIELDS_BY_NAME["max_depth"]
+    xyz_grid.axis_options.extend([
+        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Enabled", str, _xyz_override("enabled"),
+                            confirm=_xyz_confirm("enabled"), choices=xyz_grid.boolean_choice(reverse=True)),
+        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Ratio", float, _xyz_override("ratio"), confirm=_xyz_confirm("ratio")),
+        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Hires ratio", float, _xyz_override("hires_ratio", hires_mode="own"),
+                            confirm=_xyz_confirm("hires_ratio")),
+        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Max depth", int, _xyz_override("max_depth"),
+                            confirm=_xyz_confirm("max_depth"),
+                            choices=lambda: [str(depth) for depth in range(int(depths.maximum) + 1)]),
+        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Method", str, _xyz_override("method"), confirm=_xyz_confirm("method"),
+                            choices=lambda: list(todo_args.FIELDS_BY_NAME["method"].choices)),
+    ])
+
+
+def install_api_validation(_demo, app):
+    """Reject invalid ToDo args with 422 before generation; exceptions in script hooks would only be logged."""
+    if any(getattr(middleware.cls, "is_todo_request_validator", False) for middleware in app.user_middleware):
+        return
+    app.middleware_stack = None
+    app.add_middleware(ToDoRequestValidator, defaults=current_defaults)
+
+
+def on_script_unloaded():
+    remove_all_hooks()
+
+
+script_callbacks.on_ui_settings(on_ui_settings)
+script_callbacks.on_before_ui(add_xyz_axes)
+script_callbacks.on_app_started(install_api_validation)
+script_callbacks.on_script_unloaded(on_script_unloaded)

@@ -1,0 +1,68 @@
+"""Stand-in of modules/infotext_utils.py: PasteField, quoting, parsing of the parameters line, paste."""
+
+import json
+import re
+
+re_param_code = r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'
+re_param = re.compile(re_param_code)
+
+
+class PasteField(tuple):
+    """Mirrors infotext_utils.PasteField: (component, infotext key or function of the parsed params)."""
+
+    def __new__(cls, component, target, *, api=None):
+        return super().__new__(cls, (component, target))
+
+    def __init__(self, component, target, *, api=None):
+        super().__init__()
+        self.api = api
+        self.component = component
+        self.label = target if isinstance(target, str) else None
+        self.function = target if callable(target) else None
+
+
+def quote(text):
+    """Mirrors infotext_utils.quote."""
+    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text):
+    """Mirrors infotext_utils.unquote."""
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def parse_parameters_line(line):
+    """Mirrors the `for k, v in re_param.findall(lastline)` loop of infotext_utils.parse_generation_parameters
+    (without the Size-1/Size-2 split, which no ToDo key needs)."""
+    res = {}
+    for k, v in re_param.findall(line):
+        if v and v[0] == '"' and v[-1] == '"':
+            v = unquote(v)
+        res[k] = v
+    return res
+
+
+def paste_values(paste_fields, params):
+    """Mirrors connect_paste.paste_func's per-field loop: the value each control gets, None = left alone."""
+    res = []
+    for output, key in paste_fields:
+        v = key(params) if callable(key) else params.get(key, None)
+        if v is None:
+            res.append(None)
+            continue
+        valtype = type(output.value)
+        if valtype is bool and v == "False":
+            val = False
+        elif valtype is int:
+            val = float(v)
+        else:
+            val = valtype(v)
+        res.append(val)
+    return res
