@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import types
 
 import pytest
 import tomesd
@@ -307,3 +308,47 @@ def test_unsupported_modules_are_rejected_clearly():
         todo_ext.apply(nn.Linear(4, 4), ToDoConfig())
     with pytest.raises(TypeError, match="ToDoConfig"):
         todo_ext.apply(build_unet("sd15", WIDTH), {"ratio": 0.5})
+
+
+def hypertile_like_wrapper(attn, tiles_per_side):
+    """What the WebUI's Hypertile does to attn1: an instance-level forward that attends within tiles, with its
+    settings on the `__webui_hypertile_params` attribute."""
+    original = attn.forward
+    params = types.SimpleNamespace(enabled=True)
+    setattr(attn, "__webui_hypertile_params", params)
+
+    def tiled_forward(x, *args, **kwargs):
+        if not params.enabled:
+            return original(x, *args, **kwargs)
+        batch, tokens, channels = x.shape
+        side = int(tokens**0.5)
+        n, tile = tiles_per_side, side // tiles_per_side
+        tiled = x.reshape(batch, n, tile, n, tile, channels).permute(0, 1, 3, 2, 4, 5)
+        out = original(tiled.reshape(batch * n * n, tile * tile, channels), *args, **kwargs)
+        out = out.reshape(batch, n, n, tile, tile, channels).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(batch, tokens, channels)
+
+    attn.forward = tiled_forward
+    return params
+
+
+def test_hypertile_makes_todo_step_aside_and_todo_returns_when_it_is_off(caplog):
+    unet = build_unet("sd15", WIDTH)
+    top_blocks = [block for block in transformer_blocks(unet)][:2]
+    switches = [hypertile_like_wrapper(block.attn1, 2) for block in top_blocks]
+    x, t, c = unet_inputs(unet, 2, 16, 16)
+    hypertile_only = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        both = unet(x, t, c)
+    assert torch.isfinite(both).all()
+    assert handle.stats["passed_through"] == 2
+    assert handle.stats["downsampled"] == 3
+    assert len([r for r in caplog.records if "Hypertile" in r.getMessage()]) == 1
+    todo_ext.remove(unet)
+    for switch in switches:
+        switch.enabled = False
+    plain = unet(x, t, c)
+    todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    assert not torch.equal(unet(x, t, c), plain)
+    assert not torch.equal(hypertile_only, plain)

@@ -109,6 +109,17 @@ def plan_kv_tokens(config: ToDoConfig, latent_height: int, latent_width: int,
     return plans
 
 
+def _tiles_inside_forward(attn: nn.Module) -> bool:
+    """Whether the WebUI's built-in Hypertile is on for this layer.
+
+    Hypertile wraps `attn1.forward` on the instance and splits the tokens into tiles inside that wrapper, after
+    every pre-hook has run: a pre-hook sees the whole grid, but attention would see tiles. Its wrapper keeps its
+    settings in the `__webui_hypertile_params` attribute (extensions-builtin/hypertile/hypertile.py).
+    """
+    params = getattr(attn, "__webui_hypertile_params", None)
+    return bool(getattr(params, "enabled", False))
+
+
 class _ToDoHook:
     """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads."""
 
@@ -172,7 +183,7 @@ def _unet_pre_hook(state: _PassState) -> _ToDoHook:
 
 
 def _attn1_pre_hook(state: _PassState, level: int) -> _ToDoHook:
-    def swap_context(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    def swap_context(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if not state.active:
             return None
         plan = state.plans.get(level)
@@ -182,6 +193,10 @@ def _attn1_pre_hook(state: _PassState, level: int) -> _ToDoHook:
             x = args[0] if args else kwargs["x"]
             context = args[1] if len(args) > 1 else kwargs.get("context")
             if context is not None:
+                return None
+            if _tiles_inside_forward(module):
+                state.stats["passed_through"] += 1
+                state.warn_once("tiled", "Hypertile tiles this self-attention, so ToDo leaves those layers alone")
                 return None
             if x.dim() != 3 or x.shape[0] != state.batch or x.shape[1] != plan.tokens:
                 state.stats["passed_through"] += 1
