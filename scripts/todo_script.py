@@ -143,7 +143,7 @@ class ToDoScript(scripts.Script):
         try:
             handle = todo_ext.apply(unet, config)
         except todo_ext.UnsupportedModelError:
-            self._step_aside(p, note, "model not supported (needs SD1.x, SD2.x or SDXL attention)")
+            self._step_aside(p, note, "model not supported (needs SD1.x/SD2.x/SDXL attention)")
             return
         _hooked_unets.add(unet)
         note.handles.append(handle)

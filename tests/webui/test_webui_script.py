@@ -1,0 +1,236 @@
+"""scripts/todo_script.py against the WebUI v1.10.1 stand-in, on a real (small) ldm U-Net."""
+
+import copy
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from todo_ext.args import FIELDS, INFOTEXT_HIRES_KV_KEY, INFOTEXT_NOTE_KEY, ToDoArgs, infotext_params
+from todo_ext.bench.models import build_unet
+
+
+def todo_hook_count(unet):
+    return sum(
+        1 for module in unet.modules() for hook in module._forward_pre_hooks.values()
+        if getattr(hook, "is_todo_hook", False)
+    )
+
+
+def sd_model_of(diffusion_model):
+    """What the WebUI's p.sd_model looks like to the script: an nn.Module with .model.diffusion_model."""
+    wrapper = nn.Module()
+    wrapper.diffusion_model = diffusion_model
+    sd_model = nn.Module()
+    sd_model.model = wrapper
+    return sd_model
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return build_unet("sd15", width=32)
+
+
+@pytest.fixture
+def job(webui, unet):
+    """Runs one txt2img job through the stand-in's processing order and records what sampling saw."""
+    from modules import processing, scripts
+
+    script = webui.ToDoScript()
+    runner = scripts.ScriptRunner([script])
+    sd_model = sd_model_of(unet)
+    seen = []
+
+    def run(args=(), *, fail_in_hires=False, model=sd_model, **p_fields):
+        context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
+
+        def sample(p, x):
+            diffusion_model = p.sd_model.model.diffusion_model
+            seen.append((p.is_hr_pass, todo_hook_count(diffusion_model)))
+            if fail_in_hires and p.is_hr_pass:
+                raise RuntimeError("out of memory")
+            return diffusion_model(x, torch.full((1,), 500.0), context)
+
+        script_args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
+        p = processing.StableDiffusionProcessingTxt2Img(model, runner, script_args, **p_fields)
+        return p, processing.process_images(p, sample)
+
+    return types.SimpleNamespace(run=run, seen=seen, script=script, runner=runner, sd_model=sd_model)
+
+
+def test_ui_controls_follow_the_field_list(webui):
+    from modules.ui_components import InputAccordion
+
+    script = webui.ToDoScript()
+    controls = script.ui(is_img2img=False)
+    assert [control.label for control in controls] == [spec.label for spec in FIELDS]
+    assert isinstance(controls[0], InputAccordion) and controls[0].value is False
+    assert [control.value for control in controls] == ToDoArgs().to_list()
+    assert [control.value for control in script.ui(is_img2img=False)] == ToDoArgs().to_list()
+    assert script.title() == "ToDo" and script.show(True) is not False
+
+
+def test_settings_section_and_defaults(webui):
+    from modules import script_callbacks, shared
+
+    script_callbacks.ui_settings_callback()
+    options = {key: info for key, info in shared.opts.data_labels.items() if key.startswith("todo_")}
+    assert {info.section for info in options.values()} == {("todo", "ToDo")}
+    shared.opts.data["todo_default_method"] = "avg-pool"
+    shared.opts.data["todo_default_ratio"] = 0.9375
+    values = {control.label: control.value for control in webui.ToDoScript().ui(False)}
+    assert (values["Method"], values["Ratio"]) == ("avg-pool", 0.9375)
+
+
+def test_off_job_leaves_unet_and_infotext_untouched(job):
+    _, processed = job.run(ToDoArgs())
+    assert job.seen == [(False, 0)]
+    assert "ToDo" not in processed.infotexts[0]
+
+
+def test_on_job_hooks_during_sampling_only_and_changes_output(job, unet):
+    _, baseline = job.run(ToDoArgs(), width=128, height=128)
+    _, processed = job.run(ToDoArgs(enabled=True, ratio=0.75), width=128, height=128)
+    assert job.seen[1][1] > 0
+    assert todo_hook_count(unet) == 0
+    assert not torch.equal(baseline.images[0], processed.images[0])
+    assert "ToDo: True" in processed.infotexts[0]
+    assert "ToDo K/V: d0 256->64 (2x)" in processed.infotexts[0]
+    assert not job.runner.reported
+
+
+def test_hires_pass_gets_its_own_config(job):
+    args = ToDoArgs(enabled=True, ratio=0.75, hires_mode="own", hires_ratio=0.9375)
+    _, processed = job.run(args, width=64, height=64, enable_hr=True, hr_scale=2.0)
+    assert [seen[0] for seen in job.seen] == [False, True]
+    assert all(count > 0 for _, count in job.seen)
+    infotext = processed.infotexts[0]
+    assert "ToDo K/V: d0 64->16 (2x)" in infotext
+    assert f"{INFOTEXT_HIRES_KV_KEY}: d0 256->16 (4x)" in infotext
+
+
+def test_hires_only_and_hires_off(job):
+    job.run(ToDoArgs(enabled=True, hires_only=True), enable_hr=True)
+    job.run(ToDoArgs(enabled=True, hires_mode="off"), enable_hr=True)
+    hooks_per_pass = [count for _, count in job.seen]
+    assert hooks_per_pass[0] == 0 and hooks_per_pass[1] > 0, "hires only"
+    assert hooks_per_pass[2] > 0 and hooks_per_pass[3] == 0, "hires off"
+
+
+def test_dict_args_as_the_api_sends_them(job):
+    defaults = job.runner.default_args()
+    defaults[0] = {"enabled": True, "ratio": 0.9375}
+    _, processed = job.run(defaults, width=128, height=128)
+    assert "ToDo ratio: 0.9375" in processed.infotexts[0]
+    assert "(4x)" in processed.infotexts[0]
+
+
+def test_infotext_paste_round_trip(job):
+    from modules.infotext_utils import parse_parameters_line, paste_values
+
+    args = ToDoArgs(enabled=True, ratio=0.89, max_depth=1, auto=False, method="avg-pool", start=0.1, end=0.9,
+                    hires_mode="auto", auto_target_tokens=1024, hires_only=False)
+    _, processed = job.run(args, enable_hr=True)
+    params = parse_parameters_line(processed.infotexts[0])
+    pasted = paste_values(job.script.infotext_fields, params)
+    assert ToDoArgs(**{spec.name: value for spec, value in zip(FIELDS, pasted, strict=True)}) == args
+    assert set(job.script.paste_field_names) <= set(infotext_params(args))
+
+
+def test_paste_without_todo_keys_leaves_controls_alone(job):
+    from modules.infotext_utils import parse_parameters_line, paste_values
+
+    _, processed = job.run(ToDoArgs())
+    pasted = paste_values(job.script.infotext_fields, parse_parameters_line(processed.infotexts[0]))
+    assert pasted == [None] * len(FIELDS)
+
+
+def test_failed_job_leaves_no_hooks_for_the_next_job(job, unet):
+    _, clean = job.run(ToDoArgs(), width=64, height=64)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
+    assert todo_hook_count(unet) > 0, "a raised job skips postprocess, as in the WebUI"
+    _, after = job.run(ToDoArgs(), width=64, height=64)
+    assert job.seen[-1] == (False, 0)
+    assert torch.equal(clean.images[0], after.images[0])
+
+
+def test_hooks_on_a_swapped_out_model_are_removed_too(job, unet):
+    other = build_unet("sd15", width=32, seed=1)
+    other_model = sd_model_of(other)
+    with pytest.raises(RuntimeError):
+        job.run(ToDoArgs(enabled=True), model=other_model, enable_hr=True, fail_in_hires=True)
+    job.run(ToDoArgs())
+    assert todo_hook_count(other) == 0
+
+
+def test_unsupported_model_warns_once_and_generates(job, capsys):
+    class NotAUNet(nn.Module):
+        def forward(self, x, timesteps, context):
+            return x * 2
+
+    model = sd_model_of(NotAUNet())
+    _, processed = job.run(ToDoArgs(enabled=True), model=model, enable_hr=True)
+    assert len(processed.images) == 1
+    assert capsys.readouterr().out.count("not supported") == 1
+    assert f"{INFOTEXT_NOTE_KEY}: model not supported" in processed.infotexts[0]
+    assert not job.runner.reported
+
+
+def test_token_merging_composes_without_failing(job, unet, capsys):
+    import tomesd
+
+    model = sd_model_of(unet)
+    tomesd.apply_patch(model, ratio=0.5)
+    try:
+        _, processed = job.run(ToDoArgs(enabled=True), width=128, height=128)
+    finally:
+        tomesd.remove_patch(model)
+    assert len(processed.images) == 1 and not job.runner.reported
+    assert "stepped aside" in processed.infotexts[0]
+    assert "Token merging" in capsys.readouterr().out
+
+
+def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
+    from modules import script_callbacks, scripts
+
+    class AxisOption:
+        def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None,
+                     prepare=None):
+            self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
+
+    xyz_grid = types.SimpleNamespace(axis_options=[], AxisOption=AxisOption,
+                                     boolean_choice=lambda reverse=False: lambda: ["False", "True"])
+    xyz_class = type("Script", (), {"__module__": "xyz_grid.py"})
+    scripts.scripts_data.append(scripts.ScriptClassData(xyz_class, "xyz_grid.py", ".", xyz_grid))
+    try:
+        script_callbacks.before_ui_callback()
+        script_callbacks.before_ui_callback()
+    finally:
+        scripts.scripts_data.clear()
+    labels = [opt.label for opt in xyz_grid.axis_options]
+    assert labels == ["[ToDo] Enabled", "[ToDo] Ratio", "[ToDo] Hires ratio", "[ToDo] Max depth", "[ToDo] Method"]
+    axes = {opt.label: opt for opt in xyz_grid.axis_options}
+    with pytest.raises(ValueError, match="invalid method"):
+        axes["[ToDo] Method"].confirm(None, ["nearest", "cubic"])
+
+    from modules import processing
+
+    p = processing.StableDiffusionProcessingTxt2Img(job.sd_model, job.runner, ToDoArgs().to_list(), width=128,
+                                                    height=128)
+    cell = copy.copy(p)
+    axes["[ToDo] Enabled"].apply(cell, "True", [])
+    axes["[ToDo] Ratio"].apply(cell, 0.9375, [])
+    assert not hasattr(p, "todo_overrides")
+    processed = processing.process_images(cell, lambda p, x: x)
+    assert "ToDo ratio: 0.9375" in processed.infotexts[0]
+
+
+def test_script_unload_removes_hooks(webui, job, unet):
+    from modules import script_callbacks
+
+    with pytest.raises(RuntimeError):
+        job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
+    script_callbacks.script_unloaded_callback()
+    assert todo_hook_count(unet) == 0
