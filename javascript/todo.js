@@ -1,0 +1,170 @@
+// ToDo extension: hover hints on every control, the ratio's per-side factor, and a live line of the K/V
+// tokens self-attention uses at depth 0 with and without ToDo, per pass, for the current size and hires fix.
+// The arithmetic mirrors todo_ext (config.ratio_to_factor, ToDoConfig.factor_at, patch.plan_kv_tokens).
+
+(function() {
+    const MAX_FACTOR = 8;
+    const INTEGER_SNAP = 0.02;
+    const LAYOUTS = [["SD1/SD2", 0], ["SDXL", 1]]; // model family, log2 downscale of its depth-0 attention level
+
+    function snap(factor) {
+        const whole = Math.round(factor);
+        return Math.abs(factor - whole) <= INTEGER_SNAP * factor ? whole : factor;
+    }
+
+    function ratioToFactor(ratio) {
+        return snap(1 / Math.sqrt(1 - ratio));
+    }
+
+    function passFactor(settings, depth0Tokens) {
+        if (settings.auto) {
+            return Math.min(MAX_FACTOR, Math.max(1, snap(Math.sqrt(depth0Tokens / settings.target))));
+        }
+        return ratioToFactor(settings.ratio);
+    }
+
+    function element(id) {
+        return gradioApp().getElementById(id);
+    }
+
+    function numberOf(id, fallback) {
+        const input = gradioApp().querySelector("#" + id + " input[type=number]");
+        const value = input ? parseFloat(input.value) : NaN;
+        return isNaN(value) ? fallback : value;
+    }
+
+    function checkedOf(id) {
+        const input = gradioApp().querySelector("#" + id + " input[type=checkbox]");
+        return !!(input && input.checked);
+    }
+
+    function radioOf(id, fallback) {
+        const input = gradioApp().querySelector("#" + id + " input:checked");
+        return input ? input.value : fallback;
+    }
+
+    function hiresTarget(tab, width, height) {
+        if (tab !== "txt2img" || !checkedOf("txt2img_hr-checkbox")) {
+            return null;
+        }
+        const resizeX = numberOf("txt2img_hr_resize_x", 0);
+        const resizeY = numberOf("txt2img_hr_resize_y", 0);
+        if (resizeX === 0 && resizeY === 0) {
+            const scale = numberOf("txt2img_hr_scale", 2);
+            return [Math.floor(width * scale), Math.floor(height * scale)];
+        }
+        if (resizeY === 0) {
+            return [resizeX, Math.floor(resizeX * height / width)];
+        }
+        if (resizeX === 0) {
+            return [Math.floor(resizeY * width / height), resizeY];
+        }
+        return [resizeX, resizeY];
+    }
+
+    function describePass(name, width, height, settings) {
+        const parts = LAYOUTS.map(function([family, level]) {
+            const scale = 8 * Math.pow(2, level);
+            const grid = [Math.ceil(Math.ceil(height / 8) / Math.pow(2, level)),
+                Math.ceil(Math.ceil(width / 8) / Math.pow(2, level))];
+            const tokens = grid[0] * grid[1];
+            if (!settings) {
+                return family + " " + tokens;
+            }
+            const factor = passFactor(settings, tokens);
+            const kv = Math.ceil(grid[0] / factor) * Math.ceil(grid[1] / factor);
+            const factorText = Number.isInteger(factor) ? factor : factor.toFixed(2);
+            return family + " " + tokens + " \u2192 " + kv + " (" + factorText + "x, latent/" + scale / 8 + ")";
+        });
+        return name + " " + width + "\u00d7" + height + ": " + (settings ? "" : "no ToDo, ") + parts.join(" \u00b7 ");
+    }
+
+    function readSettings(prefix) {
+        const base = {
+            ratio: numberOf(prefix + "ratio", 0.75),
+            auto: checkedOf(prefix + "auto"),
+            target: numberOf(prefix + "auto_target_tokens", 4096),
+        };
+        const hiresMode = radioOf(prefix + "hires_mode", "same");
+        let hires = base;
+        if (hiresMode === "own") {
+            hires = {ratio: numberOf(prefix + "hires_ratio", 0.75), auto: false, target: base.target};
+        } else if (hiresMode === "auto") {
+            hires = {ratio: base.ratio, auto: true, target: base.target};
+        } else if (hiresMode === "off") {
+            hires = null;
+        }
+        const usable = function(settings) {
+            return settings && (settings.auto || settings.ratio > 0) ? settings : null;
+        };
+        return {
+            enabled: checkedOf(prefix + "enabled-checkbox"),
+            first: checkedOf(prefix + "hires_only") ? null : usable(base),
+            hires: usable(hires),
+        };
+    }
+
+    function factorText(ratio) {
+        if (ratio <= 0) {
+            return "0 = off";
+        }
+        return ratio + " = " + +ratioToFactor(ratio).toPrecision(3) + "x per side (" +
+            +((1 - ratio) * 100).toPrecision(3) + "% of K/V kept)";
+    }
+
+    function setText(node, text) {
+        if (node && node.textContent !== text) {
+            node.textContent = text;
+        }
+    }
+
+    function applyHints(line) {
+        if (line.dataset.todoHintsApplied) {
+            return;
+        }
+        const hints = JSON.parse(line.dataset.todoHints || "{}");
+        Object.keys(hints).forEach(function(id) {
+            [element(id), element(id + "-checkbox")].forEach(function(node) {
+                if (node) {
+                    node.title = hints[id];
+                }
+            });
+        });
+        line.dataset.todoHintsApplied = "1";
+    }
+
+    function update(tab) {
+        const prefix = "script_" + tab + "_todo_";
+        const line = gradioApp().querySelector("#" + prefix + "kv_line .todo-kv-line");
+        if (!line) {
+            return;
+        }
+        applyHints(line);
+        const factorBox = element(prefix + "factor");
+        setText(factorBox && (factorBox.querySelector(".prose") || factorBox), factorText(numberOf(prefix + "ratio", 0.75)));
+
+        const width = numberOf(tab + "_width", 512);
+        const height = numberOf(tab + "_height", 512);
+        const settings = readSettings(prefix);
+        const lines = ["K/V tokens at depth 0 (self-attention), without \u2192 with ToDo:"];
+        lines.push(describePass("First pass", width, height, settings.enabled ? settings.first : null));
+        const hires = hiresTarget(tab, width, height);
+        if (hires) {
+            lines.push(describePass("Hires pass", hires[0], hires[1], settings.enabled ? settings.hires : null));
+        }
+        setText(line, lines.join("\n"));
+        line.style.whiteSpace = "pre-line";
+    }
+
+    onUiUpdate(function() {
+        update("txt2img");
+        update("img2img");
+    });
+
+    onUiLoaded(function() {
+        gradioApp().addEventListener("input", function() {
+            update("txt2img");
+            update("img2img");
+        });
+    });
+})();
