@@ -1,0 +1,168 @@
+"""`python -m todo_ext.bench`: U-Net step benchmark (baseline vs ToDo vs ToMe) and the attention fidelity proxy.
+
+The quick default (SD1.5 at 512 and 1024 px, a subset of configurations, 2 rounds) takes about five minutes on two
+CPU cores; --full runs every configuration on SD1.5 and SDXL at 512 to 2048 px, which is meant for a GPU (on a CPU
+an SD1.5 step at 2048 px alone takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from todo_ext.bench import fidelity, report, runner
+from todo_ext.bench.models import FULL_WIDTH
+
+QUICK_PLAN = (
+    ("sd15", 512, ("baseline", "todo-0.75", "todo-0.89", "todo-auto", "tome-0.75")),
+    ("sd15", 1024, ("baseline", "todo-0.75", "tome-0.75")),
+)
+FULL_SIZES = (512, 1024, 1536, 2048)
+FULL_MODELS = ("sd15", "sdxl")
+QUICK_FIDELITY_GRIDS = (64, 128)
+FULL_FIDELITY_GRIDS = (64, 128, 256)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m todo_ext.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="all configurations, SD1.5 and SDXL, 512-2048 px")
+    parser.add_argument("--device", default="auto", help="auto (CUDA fp16 if present, else CPU fp32), cpu, cuda")
+    parser.add_argument("--models", help="comma-separated layouts: sd15, sd21, sdxl")
+    parser.add_argument("--sizes", help="comma-separated image sizes in px (multiples of 64)")
+    parser.add_argument("--configs", help="comma-separated configurations: " + ", ".join(runner.CONFIGS_BY_NAME))
+    parser.add_argument("--repeats", type=int, help="timed rounds per size (default 2 quick, 3 full)")
+    parser.add_argument("--no-warmup", action="store_true",
+                        help="skip the warm-up calls (for sizes where a call takes minutes); memory is not measured")
+    parser.add_argument("--width", type=int, default=FULL_WIDTH, help="U-Net model_channels (320 = real SD)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
+    parser.add_argument("--fidelity-grids", help="comma-separated token grid sides for the fidelity proxy")
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity proxy")
+    parser.add_argument("--no-timing", action="store_true", help="skip the step benchmark")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
+    return parser.parse_args(argv)
+
+
+def _csv(text: str, cast=str) -> tuple:
+    return tuple(cast(item.strip()) for item in text.split(",") if item.strip())
+
+
+def _plan(args: argparse.Namespace) -> dict[str, list[tuple[int, list[str]]]]:
+    """Per model, the (size, configurations) to run; explicit options override the quick or full defaults."""
+    if not (args.full or args.models or args.sizes or args.configs):
+        plan: dict[str, list[tuple[int, list[str]]]] = {}
+        for model, size, configs in QUICK_PLAN:
+            plan.setdefault(model, []).append((size, list(configs)))
+        return plan
+    models = _csv(args.models) if args.models else (FULL_MODELS if args.full else ("sd15",))
+    sizes = _csv(args.sizes, int) if args.sizes else (FULL_SIZES if args.full else (512, 1024))
+    configs = _csv(args.configs) if args.configs else tuple(runner.CONFIGS_BY_NAME)
+    unknown = sorted(set(configs) - set(runner.CONFIGS_BY_NAME))
+    if unknown:
+        raise SystemExit(f"unknown configuration {unknown[0]!r}; known: {', '.join(runner.CONFIGS_BY_NAME)}")
+    if "baseline" not in configs:
+        configs = ("baseline", *configs)
+    return {model: [(size, list(configs)) for size in sizes] for model in models}
+
+
+def _device(name: str) -> tuple[torch.device, torch.dtype]:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    return device, torch.float16 if device.type == "cuda" else torch.float32
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} logical CPUs"
+
+
+def _progress_bar(total: int, description: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=description, unit="call", file=sys.stderr, dynamic_ncols=True)
+
+
+def run_timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
+    repeats = args.repeats or (3 if args.full else 2)
+    plan = {
+        model: [(size, [runner.CONFIGS_BY_NAME[name] for name in names]) for size, names in size_plan]
+        for model, size_plan in _plan(args).items()
+    }
+    warmup = not args.no_warmup
+    total = sum(runner.count_calls(size_plan, repeats, warmup) for size_plan in plan.values())
+    measurements, facts_by_model = [], {}
+    with _progress_bar(total, "U-Net steps") as bar:
+        def progress(model, size, config, timed):
+            bar.set_postfix_str(f"{model} {size}px {config}{'' if timed else ' (warm-up)'}")
+            bar.update()
+
+        for model, size_plan in plan.items():
+            results, facts_by_model[model] = runner.run_model(
+                model, size_plan, repeats=repeats, device=device, dtype=dtype, width=args.width, warmup=warmup,
+                progress=progress)
+            measurements.extend(results)
+    runner.summarise(measurements, {m: f["attention_levels"] for m, f in facts_by_model.items()})
+    meta = {
+        "machine": _machine(device), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1, "repeats": repeats,
+        "models": facts_by_model, "memory": _memory_note(device),
+        "bound": "1 / ((1 - s) + s * kv/n): the speedup if the shortened attn1 layers cost their K/V token fraction",
+    }
+    table = report.markdown_table(measurements)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_json(args.out / "results.json", measurements, meta)
+    report.plot_speedup(args.out / "speedup.png", measurements)
+    report.plot_bound(args.out / "bound.png", measurements)
+    header = (f"Machine: {meta['machine']}; {meta['device']} {meta['dtype']}, torch {meta['torch']}, "
+              f"{meta['threads']} threads, batch 1, median of {repeats} rounds.\n\n")
+    (args.out / "results.md").write_text(header + table)
+    print(header + table)
+    return meta
+
+
+def _memory_note(device: torch.device) -> str:
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated during the step, minus what was allocated before it"
+    return "peak of the running sum of CPU tensor allocations during the step (torch profiler, profile_memory)"
+
+
+def run_fidelity(args: argparse.Namespace) -> None:
+    grids = _csv(args.fidelity_grids, int) if args.fidelity_grids else (
+        FULL_FIDELITY_GRIDS if args.full else QUICK_FIDELITY_GRIDS)
+    with _progress_bar(len(grids) * len(fidelity.IMAGES), "fidelity") as bar:
+        rows = fidelity.measure(grids, progress=lambda grid, image: bar.update())
+    table = fidelity.markdown_table(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fidelity.md").write_text(table)
+    (args.out / "fidelity.json").write_text(json.dumps([row.__dict__ for row in rows], indent=2) + "\n")
+    print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device, dtype = _device(args.device)
+    started = time.perf_counter()
+    if not args.no_timing:
+        run_timing(args, device, dtype)
+    if not args.no_fidelity:
+        run_fidelity(args)
+    print(f"Done in {time.perf_counter() - started:.0f} s; results in {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
