@@ -1,0 +1,87 @@
+"""Drive a live AUTOMATIC1111 WebUI v1.10.1 (started with --api and this extension) over HTTP.
+
+Set WEBUI_URL (e.g. http://127.0.0.1:7860) to run; skipped otherwise. Standard library only. Small sizes and
+steps keep it quick; a GPU host is expected but not required.
+"""
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+import pytest
+
+from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_HIRES_KV_KEY, ToDoArgs, args_from_infotext
+
+WEBUI_URL = os.environ.get("WEBUI_URL", "").rstrip("/")
+pytestmark = pytest.mark.skipif(not WEBUI_URL, reason="WEBUI_URL is not set (no live WebUI to test against)")
+
+BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 3, "width": 256, "height": 256,
+        "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1}
+
+
+def call(path, payload=None, timeout=600):
+    """(status, JSON body) of a GET (no payload) or POST request; HTTP errors are returned, not raised."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(WEBUI_URL + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def txt2img(todo_args=None, **overrides):
+    payload = {**BASE, **overrides}
+    if todo_args is not None:
+        payload["alwayson_scripts"] = {"ToDo": {"args": todo_args}}
+    status, body = call("/sdapi/v1/txt2img", payload)
+    assert status == 200, body
+    return body["images"][0], json.loads(body["info"])["infotexts"][0]
+
+
+def test_script_info_describes_the_args():
+    status, scripts = call("/sdapi/v1/script-info")
+    assert status == 200
+    todo = [script for script in scripts if script["name"] == "todo" and not script["is_img2img"]]
+    assert todo and [arg["label"] for arg in todo[0]["args"]][:2] == ["Enable ToDo", "Ratio"]
+
+
+def test_todo_off_writes_nothing():
+    _, infotext = txt2img()
+    assert "ToDo" not in infotext
+
+
+def test_todo_on_positional():
+    _, infotext = txt2img(ToDoArgs(enabled=True, ratio=0.75).to_list())
+    assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}:" in infotext
+
+
+def test_todo_on_dict_args_and_hires_fix():
+    _, infotext = txt2img([{"enabled": True, "hires_mode": "own", "hires_ratio": 0.9375}], enable_hr=True,
+                          hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.6)
+    assert f"{INFOTEXT_HIRES_KV_KEY}:" in infotext and "(4x" in infotext.split(INFOTEXT_HIRES_KV_KEY)[1]
+
+
+@pytest.mark.parametrize("args", [[True, 2.0], [{"enabled": True, "method": "bicubic"}], [{"unknown": 1}]])
+def test_invalid_args_rejected_before_generation(args):
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"todo": {"args": args}}})
+    assert 400 <= status < 500 and body["field"] in body["detail"] and body["allowed"]
+    assert call("/sdapi/v1/txt2img", {**BASE, "steps": 1})[0] == 200
+
+
+def test_infotext_round_trip_through_png_info():
+    args = ToDoArgs(enabled=True, ratio=0.89, max_depth=1, method="avg-pool", start=0.0, end=0.8,
+                    hires_mode="off")
+    image, _ = txt2img(args.to_list())
+    status, info = call("/sdapi/v1/png-info", {"image": image})
+    assert status == 200
+    assert args_from_infotext(info["parameters"]) == args
+
+
+def test_todo_off_image_identical_before_and_after_a_todo_job():
+    before, _ = txt2img()
+    txt2img(ToDoArgs(enabled=True, ratio=0.9375).to_list(), enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+            hr_second_pass_steps=1, denoising_strength=0.5)
+    after, _ = txt2img()
+    assert before == after
