@@ -8,7 +8,7 @@ import json
 import weakref
 
 import gradio as gr
-from modules import script_callbacks, scripts, shared
+from modules import script_callbacks, scripts, sd_unet, shared
 from modules.infotext_utils import PasteField
 from modules.ui_components import InputAccordion
 from torch import nn
@@ -139,6 +139,9 @@ class ToDoScript(scripts.Script):
         note = self._note(p)
         if unet is None:
             self._step_aside(p, note, "the loaded model has no torch U-Net")
+            return
+        if sd_unet.current_unet is not None:
+            self._step_aside(p, note, "an alternative U-Net (e.g. TensorRT) runs instead of the torch one")
             return
         try:
             handle = todo_ext.apply(unet, config)

@@ -178,6 +178,20 @@ def test_unsupported_model_warns_once_and_generates(job, capsys):
     assert not job.runner.reported
 
 
+def test_alternative_unet_makes_todo_step_aside(job, unet, capsys):
+    """A TensorRT-style U-Net (modules/sd_unet.py) bypasses the torch modules: hooks would never fire."""
+    from modules import sd_unet
+
+    sd_unet.current_unet = object()
+    try:
+        _, processed = job.run(ToDoArgs(enabled=True))
+    finally:
+        sd_unet.current_unet = None
+    assert job.seen == [(False, 0)]
+    assert "alternative U-Net" in processed.infotexts[0]
+    assert capsys.readouterr().out.count("alternative U-Net") == 1
+
+
 def test_token_merging_composes_without_failing(job, unet, capsys):
     import tomesd
 
