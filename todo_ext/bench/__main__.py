@@ -23,12 +23,12 @@ from todo_ext.bench.models import FULL_WIDTH
 
 QUICK_PLAN = (
     ("sd15", 512, ("baseline", "todo-0.75", "todo-0.89", "todo-auto", "tome-0.75")),
-    ("sd15", 1024, ("baseline", "todo-0.75", "tome-0.75")),
+    ("sd15", 1024, ("baseline", "todo-0.75", "todo-auto", "tome-0.75")),
 )
 FULL_SIZES = (512, 1024, 1536, 2048)
 FULL_MODELS = ("sd15", "sdxl")
-QUICK_FIDELITY_GRIDS = (64, 128)
-FULL_FIDELITY_GRIDS = (64, 128, 256)
+QUICK_FIDELITY_GRIDS = (64, 128, 192)
+FULL_FIDELITY_GRIDS = (64, 128, 192, 256)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -127,8 +127,10 @@ def run_timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
     report.write_json(args.out / "results.json", measurements, meta)
     report.plot_speedup(args.out / "speedup.png", measurements)
     report.plot_bound(args.out / "bound.png", measurements)
+    other = max(m.derived["max_other_cpu_share"] for m in measurements)
     header = (f"Machine: {meta['machine']}; {meta['device']} {meta['dtype']}, torch {meta['torch']}, "
-              f"{meta['threads']} threads, batch 1, median of {repeats} rounds.\n\n")
+              f"{meta['threads']} threads, batch 1, median of {repeats} rounds. Other processes used up to "
+              f"{other:.0%} of the CPU during a timed call.\n\n")
     (args.out / "results.md").write_text(header + table)
     print(header + table)
     return meta

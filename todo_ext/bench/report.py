@@ -40,6 +40,7 @@ def as_json(measurements: list[Measurement], meta: dict[str, Any]) -> dict[str, 
             {
                 "model": m.model, "size": m.size, "config": m.config, "label": m.label,
                 "samples_s": [s.seconds for s in m.samples],
+                "other_cpu_share": [s.other_cpu_share for s in m.samples],
                 "peak_bytes": m.peak_bytes,
                 **m.derived,
             }

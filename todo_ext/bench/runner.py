@@ -3,7 +3,8 @@
 Every timed call is one U-Net step (batch 1, no CFG batch) under torch.inference_mode. Within each size the
 configurations run in turn, round after round, so that machine drift hits them alike. Every configuration first
 gets one warm-up call at every size, which also measures its peak memory (see memory.py); the timed calls run with
-only the attn1 timing hooks attached.
+only the attn1 timing hooks attached. On a CPU shared with other work, each timed call waits for a quiet CPU and is
+retried when other processes took more than 10% of the CPU during it; that share is recorded with every sample.
 The U-Net is called positionally (x, timesteps, context) as the WebUI's DiffusionWrapper does: tomesd's size hook
 reads the first positional argument.
 """
@@ -11,6 +12,7 @@ reads the first positional argument.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -70,8 +72,11 @@ class _LatentDiffusionShell(nn.Module):
 
 
 class _Applied:
-    def __init__(self, remove: Callable[[], None]):
+    """How to undo a configuration, and the engine's per-call counters (ToDo only) to prove it acted."""
+
+    def __init__(self, remove: Callable[[], None], stats: Callable[[], dict] = dict):
         self.remove = remove
+        self.stats = stats
 
 
 def apply_config(unet: nn.Module, config: BenchConfig) -> _Applied:
@@ -80,7 +85,7 @@ def apply_config(unet: nn.Module, config: BenchConfig) -> _Applied:
         import todo_ext
 
         handle = todo_ext.apply(unet, config.todo)
-        return _Applied(handle.remove)
+        return _Applied(handle.remove, lambda: handle.stats)
     if config.kind == "tome":
         import tomesd
 
@@ -155,6 +160,20 @@ class LayerTimer:
 class Sample:
     seconds: float
     attn1_seconds_by_depth: dict[int, float]
+    other_cpu_share: float | None = None
+    """Fraction of the machine's CPU time that other processes used during the call (None where unknown)."""
+
+
+def _busy_cpu_seconds() -> tuple[float, float] | None:
+    """(all processes' busy CPU seconds, this process's CPU seconds) from /proc/stat and os.times; None off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]
+    own = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
 @dataclass
@@ -167,18 +186,63 @@ class Measurement:
     label: str
     samples: list[Sample] = field(default_factory=list)
     peak_bytes: int | None = None
+    engine_stats: dict = field(default_factory=dict)
     derived: dict[str, Any] = field(default_factory=dict)
+
+
+QUIET_OTHER_CPU_SHARE = 0.10
+"""A timed call counts as clean when other processes used at most this share of the machine's CPU during it."""
+QUIET_WAIT_S = 120.0
+RETRIES = 2
+
+
+def _other_cpu_share_now(window_s: float = 0.5) -> float | None:
+    """Share of the machine's CPU that other processes use over a short window while this one sleeps."""
+    before = _busy_cpu_seconds()
+    time.sleep(window_s)
+    after = _busy_cpu_seconds()
+    if not (before and after):
+        return None
+    return ((after[0] - before[0]) - (after[1] - before[1])) / (window_s * (os.cpu_count() or 1))
+
+
+def _wait_for_quiet_cpu() -> None:
+    """Wait (up to QUIET_WAIT_S) until other processes leave the CPU alone, so that they do not skew a timing."""
+    deadline = time.monotonic() + QUIET_WAIT_S
+    while time.monotonic() < deadline:
+        share = _other_cpu_share_now()
+        if share is None or share <= QUIET_OTHER_CPU_SHARE:
+            return
+
+
+def _clean_timed_call(unet, inputs, device, timer: LayerTimer) -> Sample:
+    """A timed call on a quiet CPU, retried when other processes took CPU during it; the least disturbed one wins."""
+    samples = []
+    for _ in range(1 + (RETRIES if device.type == "cpu" else 0)):
+        if device.type == "cpu":
+            _wait_for_quiet_cpu()
+        samples.append(_timed_call(unet, inputs, device, timer))
+        if (samples[-1].other_cpu_share or 0.0) <= QUIET_OTHER_CPU_SHARE:
+            break
+    return min(samples, key=lambda sample: sample.other_cpu_share or 0.0)
 
 
 def _timed_call(unet, inputs, device, timer: LayerTimer) -> Sample:
     timer.reset()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    cpu_before = _busy_cpu_seconds()
     started = time.perf_counter()
     unet(*inputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return Sample(time.perf_counter() - started, dict(timer.seconds_by_depth))
+    seconds = time.perf_counter() - started
+    cpu_after = _busy_cpu_seconds()
+    other = None
+    if cpu_before and cpu_after:
+        other_seconds = (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1])
+        other = min(1.0, max(0.0, other_seconds / (seconds * (os.cpu_count() or 1))))
+    return Sample(seconds, dict(timer.seconds_by_depth), other)
 
 
 def _memory_call(unet, inputs, device) -> int:
@@ -222,9 +286,10 @@ def run_model(layout: str, size_plan: list[tuple[int, list[BenchConfig]]], *, re
                 try:
                     with torch.inference_mode():
                         if timed:
-                            measurement.samples.append(_timed_call(unet, inputs, device, timer))
+                            measurement.samples.append(_clean_timed_call(unet, inputs, device, timer))
                         else:
                             measurement.peak_bytes = _memory_call(unet, inputs, device)
+                    measurement.engine_stats = applied.stats()
                 finally:
                     applied.remove()
                 if progress is not None:
@@ -305,4 +370,6 @@ def summarise(measurements: list[Measurement], levels_by_model: dict[str, list[i
             "fraction_of_bound": speedup / bound if reduced else None,
             "layer_speedup": layer_base / layer_here if reduced and layer_here > 0 else None,
             "repeats": len(m.samples),
+            "engine_stats_last_call": m.engine_stats,
+            "max_other_cpu_share": max((s.other_cpu_share or 0.0 for s in m.samples), default=0.0),
         }
