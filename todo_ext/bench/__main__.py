@@ -1,6 +1,6 @@
 """`python -m todo_ext.bench`: U-Net step benchmark (baseline vs ToDo vs ToMe) and the attention fidelity proxy.
 
-The quick default (SD1.5 at 512 and 1024 px, a subset of configurations, 2 rounds) takes about five minutes on two
+The quick default (SD1.5 at 512 and 1024 px, a subset of configurations, 2 rounds) takes about eight minutes on two
 CPU cores; --full runs every configuration on SD1.5 and SDXL at 512 to 2048 px, which is meant for a GPU (on a CPU
 an SD1.5 step at 2048 px alone takes minutes).
 """
@@ -41,6 +41,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed rounds per size (default 2 quick, 3 full)")
     parser.add_argument("--no-warmup", action="store_true",
                         help="skip the warm-up calls (for sizes where a call takes minutes); memory is not measured")
+    parser.add_argument("--quiet-wait", type=float, default=runner.QUIET_WAIT_S,
+                        help="seconds a timed call may wait for other processes to leave the CPU (0 = never wait)")
     parser.add_argument("--width", type=int, default=FULL_WIDTH, help="U-Net model_channels (320 = real SD)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--fidelity-grids", help="comma-separated token grid sides for the fidelity proxy")
@@ -113,7 +115,7 @@ def run_timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         for model, size_plan in plan.items():
             results, facts_by_model[model] = runner.run_model(
                 model, size_plan, repeats=repeats, device=device, dtype=dtype, width=args.width, warmup=warmup,
-                progress=progress)
+                quiet_wait_s=args.quiet_wait, progress=progress)
             measurements.extend(results)
     runner.summarise(measurements, {m: f["attention_levels"] for m, f in facts_by_model.items()})
     meta = {

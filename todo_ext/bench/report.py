@@ -1,12 +1,17 @@
-"""Benchmark output: a Markdown table, a JSON file and two PNG plots (speedup vs size; achieved vs bound)."""
+"""Benchmark output: a Markdown table, a JSON file and two PNG plots (speedup vs size; achieved vs bound).
+
+`python -m todo_ext.bench.report OUT RESULTS.json...` merges the results of several runs (e.g. the quick default
+and a separate large-size run) into one table and one pair of plots.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-from todo_ext.bench.runner import Measurement
+from todo_ext.bench.runner import Measurement, Sample
 
 TABLE_COLUMNS = (
     "Model", "Size", "Config", "Step (s)", "Speedup", "Peak mem (MiB)", "Attn share", "Bound", "Of bound",
@@ -103,3 +108,42 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def measurements_from_json(data: dict[str, Any]) -> list[Measurement]:
+    """Rebuild the measurements of a results.json written by write_json."""
+    derived_keys = set(data["results"][0]) - {"model", "size", "config", "label", "samples_s", "other_cpu_share",
+                                              "peak_bytes"} if data["results"] else set()
+    return [
+        Measurement(
+            r["model"], r["size"], r["config"], r["label"],
+            samples=[Sample(s, {}, o) for s, o in zip(r["samples_s"], r["other_cpu_share"], strict=True)],
+            peak_bytes=r["peak_bytes"], derived={key: r[key] for key in derived_keys},
+        )
+        for r in data["results"]
+    ]
+
+
+def combine(out: Path, result_files: list[Path]) -> str:
+    """Write results.md, results.json and both plots for the union of several runs' results; returns the table."""
+    runs = [json.loads(path.read_text()) for path in result_files]
+    measurements = [m for run in runs for m in measurements_from_json(run)]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", measurements, {"runs": [run["meta"] for run in runs]})
+    plot_speedup(out / "speedup.png", measurements)
+    plot_bound(out / "bound.png", measurements)
+    table = markdown_table(measurements)
+    (out / "results.md").write_text(table)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m todo_ext.bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("results", type=Path, nargs="+", help="results.json files of earlier runs")
+    args = parser.parse_args(argv)
+    print(combine(args.out, args.results))
+
+
+if __name__ == "__main__":
+    main()

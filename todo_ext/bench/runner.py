@@ -206,21 +206,21 @@ def _other_cpu_share_now(window_s: float = 0.5) -> float | None:
     return ((after[0] - before[0]) - (after[1] - before[1])) / (window_s * (os.cpu_count() or 1))
 
 
-def _wait_for_quiet_cpu() -> None:
-    """Wait (up to QUIET_WAIT_S) until other processes leave the CPU alone, so that they do not skew a timing."""
-    deadline = time.monotonic() + QUIET_WAIT_S
+def _wait_for_quiet_cpu(max_wait_s: float) -> None:
+    """Wait (up to max_wait_s) until other processes leave the CPU alone, so that they do not skew a timing."""
+    deadline = time.monotonic() + max_wait_s
     while time.monotonic() < deadline:
         share = _other_cpu_share_now()
         if share is None or share <= QUIET_OTHER_CPU_SHARE:
             return
 
 
-def _clean_timed_call(unet, inputs, device, timer: LayerTimer) -> Sample:
+def _clean_timed_call(unet, inputs, device, timer: LayerTimer, quiet_wait_s: float) -> Sample:
     """A timed call on a quiet CPU, retried when other processes took CPU during it; the least disturbed one wins."""
     samples = []
     for _ in range(1 + (RETRIES if device.type == "cpu" else 0)):
         if device.type == "cpu":
-            _wait_for_quiet_cpu()
+            _wait_for_quiet_cpu(quiet_wait_s)
         samples.append(_timed_call(unet, inputs, device, timer))
         if (samples[-1].other_cpu_share or 0.0) <= QUIET_OTHER_CPU_SHARE:
             break
@@ -263,7 +263,7 @@ def _schedule(size_plan: list[tuple[int, list[BenchConfig]]], repeats: int,
 
 
 def run_model(layout: str, size_plan: list[tuple[int, list[BenchConfig]]], *, repeats: int, device: torch.device,
-              dtype: torch.dtype, width: int = FULL_WIDTH, warmup: bool = True,
+              dtype: torch.dtype, width: int = FULL_WIDTH, warmup: bool = True, quiet_wait_s: float = QUIET_WAIT_S,
               progress=None) -> tuple[list[Measurement], dict]:
     """Measure the configurations of every (size, configs) entry on one U-Net layout; returns measurements and facts.
 
@@ -286,7 +286,7 @@ def run_model(layout: str, size_plan: list[tuple[int, list[BenchConfig]]], *, re
                 try:
                     with torch.inference_mode():
                         if timed:
-                            measurement.samples.append(_clean_timed_call(unet, inputs, device, timer))
+                            measurement.samples.append(_clean_timed_call(unet, inputs, device, timer, quiet_wait_s))
                         else:
                             measurement.peak_bytes = _memory_call(unet, inputs, device)
                     measurement.engine_stats = applied.stats()
