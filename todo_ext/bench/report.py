@@ -15,7 +15,7 @@ from todo_ext.bench.runner import Measurement, Sample
 
 TABLE_COLUMNS = (
     "Model", "Size", "Config", "Step (s)", "Speedup", "Peak mem (MiB)", "Attn share", "Bound", "Of bound",
-    "attn1 speedup",
+    "attn1 speedup", "ToDo hooks",
 )
 
 
@@ -33,6 +33,7 @@ def markdown_table(measurements: list[Measurement]) -> str:
             m.model, f"{m.size}px", m.label, f"{d['median_s']:.2f}", f"{d['speedup']:.2f}x", _fmt(d["peak_mib"], ".0f"),
             _fmt(None if baseline else d["attn_share"], ".1%"), _fmt(None if baseline else d["bound"], ".2f") + (
                 "" if baseline else "x"), _fmt(d["fraction_of_bound"], ".0%"), _fmt(d["layer_speedup"], ".2f"),
+            _fmt(d.get("todo_hook_share"), ".3%"),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -117,7 +118,9 @@ def measurements_from_json(data: dict[str, Any]) -> list[Measurement]:
     return [
         Measurement(
             r["model"], r["size"], r["config"], r["label"],
-            samples=[Sample(s, {}, o) for s, o in zip(r["samples_s"], r["other_cpu_share"], strict=True)],
+            samples=[
+                Sample(s, {}, other_cpu_share=o) for s, o in zip(r["samples_s"], r["other_cpu_share"], strict=True)
+            ],
             peak_bytes=r["peak_bytes"], derived={key: r[key] for key in derived_keys},
         )
         for r in data["results"]

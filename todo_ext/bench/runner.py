@@ -11,6 +11,7 @@ reads the first positional argument.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -156,10 +157,38 @@ class LayerTimer:
             hook.remove()
 
 
+class HookClock:
+    """Wall time spent inside ToDo's own hooks during a call: all that ToDo costs at factor 1, and the K/V gather
+    (its launch, on a GPU) when it downsamples."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        from todo_ext import patch
+
+        untimed = patch._ToDoHook.__call__
+
+        def timed(hook, *args):
+            started = time.perf_counter()
+            try:
+                return untimed(hook, *args)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        patch._ToDoHook.__call__ = timed
+        try:
+            yield
+        finally:
+            patch._ToDoHook.__call__ = untimed
+
+
 @dataclass
 class Sample:
     seconds: float
     attn1_seconds_by_depth: dict[int, float]
+    todo_hook_seconds: float = 0.0
     other_cpu_share: float | None = None
     """Fraction of the machine's CPU time that other processes used during the call (None where unknown)."""
 
@@ -229,11 +258,13 @@ def _clean_timed_call(unet, inputs, device, timer: LayerTimer, quiet_wait_s: flo
 
 def _timed_call(unet, inputs, device, timer: LayerTimer) -> Sample:
     timer.reset()
+    hooks = HookClock()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     cpu_before = _busy_cpu_seconds()
     started = time.perf_counter()
-    unet(*inputs)
+    with hooks.attached():
+        unet(*inputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
@@ -242,7 +273,7 @@ def _timed_call(unet, inputs, device, timer: LayerTimer) -> Sample:
     if cpu_before and cpu_after:
         other_seconds = (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1])
         other = min(1.0, max(0.0, other_seconds / (seconds * (os.cpu_count() or 1))))
-    return Sample(seconds, dict(timer.seconds_by_depth), other)
+    return Sample(seconds, dict(timer.seconds_by_depth), hooks.seconds, other)
 
 
 def _memory_call(unet, inputs, device) -> int:
@@ -369,6 +400,8 @@ def summarise(measurements: list[Measurement], levels_by_model: dict[str, list[i
             "bound": bound,
             "fraction_of_bound": speedup / bound if reduced else None,
             "layer_speedup": layer_base / layer_here if reduced and layer_here > 0 else None,
+            "todo_hook_share": statistics.median(s.todo_hook_seconds / s.seconds for s in m.samples)
+            if m.config.startswith("todo") else None,
             "repeats": len(m.samples),
             "engine_stats_last_call": m.engine_stats,
             "max_other_cpu_share": max((s.other_cpu_share or 0.0 for s in m.samples), default=0.0),
