@@ -133,30 +133,19 @@ class ToDoScript(scripts.Script):
         is_hires = bool(getattr(p, "is_hr_pass", False))
         job_args = self._job_args(p, args)
         config = job_args.config_for_pass(is_hires) if job_args else None
-        unet = _unet_of(sd_model)
+        p.todo_pass_config = config
         if config is None:
             return
-        note = self._note(p)
-        if unet is None:
-            self._step_aside(p, note, "the loaded model has no torch U-Net")
+        if not hook_unet(p, config):
             return
-        if sd_unet.current_unet is not None:
-            self._step_aside(p, note, "an alternative U-Net (e.g. TensorRT) runs instead of the torch one")
-            return
-        try:
-            handle = todo_ext.apply(unet, config)
-        except todo_ext.UnsupportedModelError:
-            self._step_aside(p, note, "model not supported (needs SD1.x/SD2.x/SDXL attention)")
-            return
-        _hooked_unets.add(unet)
-        note.handles.append(handle)
+        unet = _unet_of(sd_model)
         latent_height, latent_width = self._latent_size(p, kwargs.get("x"), is_hires)
         plans = todo_ext.plan_kv_tokens(config, latent_height, latent_width, todo_ext.attention_levels(unet))
         summary = todo_args.kv_summary(plans)
         kv_key = todo_args.INFOTEXT_HIRES_KV_KEY if is_hires else todo_args.INFOTEXT_FIRST_PASS_KV_KEY
         p.extra_generation_params.update(todo_args.infotext_params(job_args))
         p.extra_generation_params[kv_key] = summary
-        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
+        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = p.todo_note
         print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
 
     def postprocess(self, p, processed, *args):
@@ -173,21 +162,8 @@ class ToDoScript(scripts.Script):
             overrides = getattr(p, "todo_overrides", None)
             return job_args.with_values(overrides) if overrides else job_args
         except ValueError as error:
-            self._step_aside(p, self._note(p), f"invalid arguments, ToDo off ({error})")
+            _step_aside(p, _note_of(p), f"invalid arguments, ToDo off ({error})")
             return None
-
-    @staticmethod
-    def _note(p):
-        if not isinstance(getattr(p, "todo_note", None), _PassNote):
-            p.todo_note = _PassNote()
-        return p.todo_note
-
-    @staticmethod
-    def _step_aside(p, note, reason):
-        if reason not in note.notes:
-            note.notes.append(reason)
-            print(f"[ToDo] warning: {reason}; generating without ToDo")
-        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
 
     @staticmethod
     def _latent_size(p, latent, is_hires):
@@ -195,6 +171,51 @@ class ToDoScript(scripts.Script):
             return int(latent.shape[-2]), int(latent.shape[-1])
         width, height = (p.hr_upscale_to_x, p.hr_upscale_to_y) if is_hires else (p.width, p.height)
         return -(-height // 8), -(-width // 8)
+
+
+def _note_of(p):
+    if not isinstance(getattr(p, "todo_note", None), _PassNote):
+        p.todo_note = _PassNote()
+    return p.todo_note
+
+
+def _step_aside(p, note, reason):
+    if reason not in note.notes:
+        note.notes.append(reason)
+        print(f"[ToDo] warning: {reason}; generating without ToDo")
+    p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
+
+
+def hook_unet(p, config) -> bool:
+    """Apply `config` to the U-Net of the model loaded now; False (with one warning and a note) where ToDo cannot."""
+    note = _note_of(p)
+    unet = _unet_of(getattr(p, "sd_model", None))
+    if unet is None:
+        _step_aside(p, note, "the loaded model has no torch U-Net")
+        return False
+    if sd_unet.current_unet is not None:
+        _step_aside(p, note, "an alternative U-Net (e.g. TensorRT) runs instead of the torch one")
+        return False
+    try:
+        handle = todo_ext.apply(unet, config)
+    except todo_ext.UnsupportedModelError:
+        _step_aside(p, note, "model not supported (needs SD1.x/SD2.x/SDXL attention)")
+        return False
+    _hooked_unets.add(unet)
+    note.handles.append(handle)
+    return True
+
+
+def follow_model_switch(params):
+    """The refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) and no script
+    hook runs then; the denoiser callback that follows, before the next U-Net call, hooks the new U-Net."""
+    p = getattr(params.denoiser, "p", None)
+    config = getattr(p, "todo_pass_config", None)
+    if config is None:
+        return
+    unet = _unet_of(getattr(p, "sd_model", None))
+    if unet is not None and unet not in _hooked_unets:
+        hook_unet(p, config)
 
 
 def on_ui_settings():
@@ -264,3 +285,4 @@ script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)
 script_callbacks.on_script_unloaded(on_script_unloaded)
+script_callbacks.on_cfg_denoiser(follow_model_switch)

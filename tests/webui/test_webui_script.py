@@ -248,3 +248,40 @@ def test_script_unload_removes_hooks(webui, job, unet):
         job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
     script_callbacks.script_unloaded_callback()
     assert todo_hook_count(unet) == 0
+
+
+def test_refiner_switch_mid_pass_gets_hooked_and_cleaned(job, unet):
+    """The refiner loads another model in the middle of sampling (sd_samplers_common.apply_refiner); the next
+    cfg_denoiser callback hooks its U-Net, and the job's end removes both."""
+    from modules import processing, script_callbacks
+
+    refiner = build_unet("sd15", width=32, seed=2)
+    base_model, refiner_model = sd_model_of(unet), sd_model_of(refiner)
+    hooks_seen = []
+
+    def sample(p, x):
+        context = torch.zeros(1, 77, 768)
+        denoiser = types.SimpleNamespace(p=p)
+        for step in range(2):
+            if step == 1:
+                p.sd_model = refiner_model
+            script_callbacks.cfg_denoiser_callback(
+                script_callbacks.CFGDenoiserParams(x, None, None, step, 2, context, context, denoiser))
+            current = p.sd_model.model.diffusion_model
+            hooks_seen.append((current is refiner, todo_hook_count(current)))
+            x = current(x, torch.full((1,), 500.0), context)
+        return x
+
+    p = processing.StableDiffusionProcessingTxt2Img(base_model, job.runner, ToDoArgs(enabled=True).to_list())
+    processing.process_images(p, sample)
+    assert hooks_seen == [(False, todo_hook_count_when_applied(unet)), (True, todo_hook_count_when_applied(refiner))]
+    assert todo_hook_count(unet) == 0 and todo_hook_count(refiner) == 0
+
+
+def todo_hook_count_when_applied(unet):
+    import todo_ext
+
+    handle = todo_ext.apply(unet, ToDoArgs(enabled=True).config_for_pass(False))
+    count = todo_hook_count(unet)
+    handle.remove()
+    return count

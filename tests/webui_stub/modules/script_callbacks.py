@@ -5,7 +5,23 @@ callback_map = {
     "callbacks_ui_settings": [],
     "callbacks_before_ui": [],
     "callbacks_script_unloaded": [],
+    "callbacks_cfg_denoiser": [],
 }
+
+
+class CFGDenoiserParams:
+    """Mirrors script_callbacks.CFGDenoiserParams; `denoiser` is the CFGDenoiser, whose `p` is the job."""
+
+    def __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond,
+                 denoiser=None):
+        self.x = x
+        self.image_cond = image_cond
+        self.sigma = sigma
+        self.sampling_step = sampling_step
+        self.total_sampling_steps = total_sampling_steps
+        self.text_cond = text_cond
+        self.text_uncond = text_uncond
+        self.denoiser = denoiser
 
 
 def clear_callbacks():
@@ -32,6 +48,18 @@ def on_before_ui(callback, *, name=None):
 def on_script_unloaded(callback, *, name=None):
     """Mirrors script_callbacks.on_script_unloaded."""
     callback_map["callbacks_script_unloaded"].append(callback)
+
+
+def on_cfg_denoiser(callback, *, name=None):
+    """Mirrors script_callbacks.on_cfg_denoiser: callback(params) in CFGDenoiser.forward before every U-Net call
+    (after sd_samplers_common.apply_refiner may have loaded the refiner)."""
+    callback_map["callbacks_cfg_denoiser"].append(callback)
+
+
+def cfg_denoiser_callback(params):
+    """Mirrors script_callbacks.cfg_denoiser_callback."""
+    for callback in callback_map["callbacks_cfg_denoiser"]:
+        callback(params)
 
 
 def app_started_callback(demo, app):
