@@ -237,10 +237,6 @@ class ToDoHandle:
         """Counts of attention calls downsampled, passed through on mismatched tokens, and failed over."""
         return dict(self._state.stats)
 
-    @property
-    def active(self) -> bool:
-        return bool(self._hooks)
-
     def remove(self) -> None:
         for hook in self._hooks:
             hook.remove()
