@@ -47,13 +47,18 @@ def current_defaults() -> todo_args.ToDoArgs:
     })
 
 
-def _component(spec, value, elem_id):
-    common = dict(value=value, label=spec.label, elem_id=elem_id)
+def _component_kind(spec):
+    """The gradio component class and its arguments for a field, shared by the accordion and Settings."""
     if spec.kind == "bool":
-        return gr.Checkbox(**common)
+        return gr.Checkbox, {}
     if spec.kind == "choice":
-        return gr.Radio(choices=list(spec.choices), **common)
-    return gr.Slider(minimum=spec.minimum, maximum=spec.slider_maximum or spec.maximum, step=spec.step, **common)
+        return gr.Radio, {"choices": list(spec.choices)}
+    return gr.Slider, {"minimum": spec.minimum, "maximum": spec.slider_maximum or spec.maximum, "step": spec.step}
+
+
+def _component(spec, value, elem_id):
+    component, component_args = _component_kind(spec)
+    return component(value=value, label=spec.label, elem_id=elem_id, **component_args)
 
 
 class _PassNote:
@@ -220,15 +225,8 @@ def follow_model_switch(params):
 
 def on_ui_settings():
     for spec in todo_args.SETTING_FIELDS:
-        if spec.kind == "bool":
-            component, component_args = gr.Checkbox, None
-        elif spec.kind == "choice":
-            component, component_args = gr.Radio, {"choices": list(spec.choices)}
-        else:
-            component = gr.Slider
-            component_args = {"minimum": spec.minimum, "maximum": spec.slider_maximum or spec.maximum,
-                              "step": spec.step}
-        option = shared.OptionInfo(spec.default, f"Default {spec.label.lower()}", component, component_args,
+        component, component_args = _component_kind(spec)
+        option = shared.OptionInfo(spec.default, f"Default {spec.label.lower()}", component, component_args or None,
                                    section=SETTINGS_SECTION, category_id="sd")
         shared.opts.add_option(todo_args.setting_key(spec), option.info(spec.hint))
 

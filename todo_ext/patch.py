@@ -67,9 +67,14 @@ def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
     return found
 
 
+def _distinct_levels(blocks: list[tuple[nn.Module, int]]) -> tuple[int, ...]:
+    return tuple(sorted({level for _, level in blocks}))
+
+
 def attention_levels(unet: nn.Module) -> tuple[int, ...]:
-    """Levels (log2 of the downscale) that have self-attention: (0, 1, 2) on SD1.x/SD2.x, (1, 2) on SDXL."""
-    return tuple(sorted({level for _, level in _self_attention_levels(unet)}))
+    """Levels (log2 of the downscale) with self-attention: (0, 1, 2, 3) on SD1.x/SD2.x (3 = the middle block),
+    (1, 2) on SDXL."""
+    return _distinct_levels(_self_attention_levels(unet))
 
 
 @dataclass(frozen=True)
@@ -248,7 +253,7 @@ def apply(unet: nn.Module, config: ToDoConfig) -> ToDoHandle:
     if not isinstance(config, ToDoConfig):
         raise TypeError(f"ToDo: config must be a ToDoConfig, not {type(config).__name__}")
     blocks = _self_attention_levels(unet)
-    levels = tuple(sorted({level for _, level in blocks}))
+    levels = _distinct_levels(blocks)
     remove(unet)
     state = _PassState(config, levels)
     hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state), with_kwargs=True)]
