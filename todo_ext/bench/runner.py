@@ -347,7 +347,8 @@ def count_calls(size_plan: list[tuple[int, list[BenchConfig]]], repeats: int, wa
 
 
 def _kv_reduction_by_depth(config: BenchConfig, size: int, levels: list[int]) -> dict[int, tuple[int, int]]:
-    """(tokens, kv_tokens) at each depth the configuration shortens; ToMe keeps N - r tokens at depth 0 only."""
+    """(tokens, kv_tokens) at each depth the configuration shortens. ToMe, with the WebUI's max_downsample=1, merges
+    only at latent/1, so nothing on SDXL, whose first self-attention is at latent/2."""
     import todo_ext
 
     latent = size // LATENT_SCALE
@@ -358,9 +359,10 @@ def _kv_reduction_by_depth(config: BenchConfig, size: int, levels: list[int]) ->
             if plan.kv_tokens < plan.tokens
         }
     if config.kind == "tome":
-        side = math.ceil(latent / 2 ** levels[0])
-        tokens = side * side
-        dst = (side // config.tome_stride) ** 2
+        if levels[0] != 0:
+            return {}
+        tokens = latent * latent
+        dst = (latent // config.tome_stride) ** 2
         removed = min(int(tokens * config.tome_ratio), tokens - dst)
         return {0: (tokens, tokens - removed)} if removed > 0 else {}
     return {}
