@@ -159,12 +159,12 @@ class ToDoArgs:
     )
     start: float = _arg(
         0.0, "float", "Start", "ToDo start",
-        "Sampling progress at which ToDo starts (0 = first step).",
+        "Progress through the noise schedule at which ToDo starts (0 = pure noise, 1 = clean), from the timestep.",
         minimum=0.0, maximum=1.0, step=0.01,
     )
     end: float = _arg(
         1.0, "float", "End", "ToDo end",
-        "Sampling progress at which ToDo stops (1 = last step).",
+        "Progress through the noise schedule at which ToDo stops (1 = clean image), from the timestep.",
         minimum=0.0, maximum=1.0, step=0.01,
     )
     hires_mode: str = _arg(
