@@ -67,6 +67,7 @@ class _PassNote:
     def __init__(self):
         self.notes = []
         self.handles = []
+        self.warned = set()  # engine warnings already logged in this job: each appears once per generation
 
     def passed_through(self):
         return sum(handle.stats["passed_through"] for handle in self.handles)
@@ -202,7 +203,7 @@ def hook_unet(p, config) -> bool:
         _step_aside(p, note, "an alternative U-Net (e.g. TensorRT) runs instead of the torch one")
         return False
     try:
-        handle = todo_ext.apply(unet, config)
+        handle = todo_ext.apply(unet, config, warned=note.warned)
     except todo_ext.UnsupportedModelError:
         _step_aside(p, note, "model not supported (needs SD1.x/SD2.x/SDXL attention)")
         return False

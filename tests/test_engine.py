@@ -275,6 +275,23 @@ def test_token_merging_makes_todo_step_aside_with_one_warning(caplog):
     assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
 
 
+def test_a_shared_warning_set_warns_once_across_the_passes_of_a_generation(caplog):
+    unet = build_unet("sd15", WIDTH)
+    holder = nn.Module()
+    holder.model = nn.Module()
+    holder.model.diffusion_model = unet
+    tomesd.apply_patch(holder, ratio=0.5, use_rand=False)
+    generation_warnings = set()
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        for side in (16, 32):
+            todo_ext.apply(unet, ToDoConfig(ratio=0.75), warned=generation_warnings)
+            unet(*unet_inputs(unet, 1, side, side))
+        todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+        unet(*unet_inputs(unet, 1, 16, 16))
+    assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 2
+    assert generation_warnings == {"mismatch"}
+
+
 def test_a_failure_inside_todo_falls_back_to_exact_attention(monkeypatch, caplog):
     unet = build_unet("sd15", WIDTH)
     x, t, c = unet_inputs(unet, 1, 16, 16)

@@ -140,7 +140,7 @@ class _ToDoHook:
 class _PassState:
     """What the current U-Net call tells the attention hooks: grid per level, batch, whether ToDo is on."""
 
-    def __init__(self, config: ToDoConfig, levels: tuple[int, ...]):
+    def __init__(self, config: ToDoConfig, levels: tuple[int, ...], warned: set[str]):
         self.config = config
         self.levels = levels
         self.active = False
@@ -148,7 +148,7 @@ class _PassState:
         self.plans: dict[int, LevelPlan] = {}
         self._latent: tuple[int, int] | None = None
         self.stats = {"downsampled": 0, "passed_through": 0, "errors": 0}
-        self._warned: set[str] = set()
+        self._warned = warned
 
     def begin_call(self, latent: torch.Tensor, timesteps: Any) -> None:
         self.active = False
@@ -248,14 +248,18 @@ class ToDoHandle:
         self._hooks = []
 
 
-def apply(unet: nn.Module, config: ToDoConfig) -> ToDoHandle:
-    """Hook ToDo into `unet` (replacing earlier ToDo settings) and return the handle that undoes it."""
+def apply(unet: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None) -> ToDoHandle:
+    """Hook ToDo into `unet` (replacing earlier ToDo settings) and return the handle that undoes it.
+
+    Each kind of warning is logged once per `warned` set: pass one set to every `apply` of a generation (first
+    pass, hires pass, each batch) to warn once per generation; by default once per `apply`.
+    """
     if not isinstance(config, ToDoConfig):
         raise TypeError(f"ToDo: config must be a ToDoConfig, not {type(config).__name__}")
     blocks = _self_attention_levels(unet)
     levels = _distinct_levels(blocks)
     remove(unet)
-    state = _PassState(config, levels)
+    state = _PassState(config, levels, set() if warned is None else warned)
     hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state), with_kwargs=True)]
     for block, level in blocks:
         depth = levels.index(level)

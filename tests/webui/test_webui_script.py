@@ -1,6 +1,7 @@
 """scripts/todo_script.py against the WebUI v1.10.1 stand-in, on a real (small) ldm U-Net."""
 
 import copy
+import logging
 import types
 
 import pytest
@@ -192,18 +193,20 @@ def test_alternative_unet_makes_todo_step_aside(job, unet, capsys):
     assert capsys.readouterr().out.count("alternative U-Net") == 1
 
 
-def test_token_merging_composes_without_failing(job, unet, capsys):
+def test_token_merging_composes_without_failing_and_warns_once_per_generation(job, unet, capsys, caplog):
     import tomesd
 
     model = sd_model_of(unet)
     tomesd.apply_patch(model, ratio=0.5)
     try:
-        _, processed = job.run(ToDoArgs(enabled=True), width=128, height=128)
+        with caplog.at_level(logging.WARNING, logger="todo_ext"):
+            _, processed = job.run(ToDoArgs(enabled=True), width=128, height=128, enable_hr=True, n_iter=2)
     finally:
         tomesd.remove_patch(model)
-    assert len(processed.images) == 1 and not job.runner.reported
+    assert len(processed.images) == 2 and not job.runner.reported
     assert "stepped aside" in processed.infotexts[0]
-    assert "Token merging" in capsys.readouterr().out
+    assert capsys.readouterr().out.count("Token merging") == 1
+    assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
 
 
 def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
