@@ -14,7 +14,14 @@ from torch import nn
 
 import todo_ext
 from todo_ext import ToDoConfig
-from todo_ext.bench.models import build_unet, cast_unet, sdpa_attention, unet_inputs, webui_skip_resize
+from todo_ext.bench.models import (
+    LatentDiffusionShell,
+    build_unet,
+    cast_unet,
+    sdpa_attention,
+    unet_inputs,
+    webui_skip_resize,
+)
 
 WIDTH = 32
 LDM_EINSUM_FORWARD = CrossAttention.forward
@@ -256,13 +263,16 @@ def test_step_window_reads_progress_from_the_timestep():
         assert torch.equal(unet(x, t, c), reference) is not expect_downsampled, timestep
 
 
+def token_merged_unet():
+    """A small SD1.5 U-Net with the WebUI's Token merging (tomesd, 0.5) applied."""
+    unet = build_unet("sd15", WIDTH)
+    tomesd.apply_patch(LatentDiffusionShell(unet), ratio=0.5, use_rand=False)
+    return unet
+
+
 def test_token_merging_makes_todo_step_aside_with_one_warning(caplog):
     """tomesd (the WebUI's Token merging) merges tokens before attn1: ToDo passes through, never raises."""
-    unet = build_unet("sd15", WIDTH)
-    holder = nn.Module()
-    holder.model = nn.Module()
-    holder.model.diffusion_model = unet
-    tomesd.apply_patch(holder, ratio=0.5, use_rand=False)
+    unet = token_merged_unet()
     x, t, c = unet_inputs(unet, 2, 16, 16)
     tome_only = unet(x, t, c)
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
@@ -276,11 +286,7 @@ def test_token_merging_makes_todo_step_aside_with_one_warning(caplog):
 
 
 def test_a_shared_warning_set_warns_once_across_the_passes_of_a_generation(caplog):
-    unet = build_unet("sd15", WIDTH)
-    holder = nn.Module()
-    holder.model = nn.Module()
-    holder.model.diffusion_model = unet
-    tomesd.apply_patch(holder, ratio=0.5, use_rand=False)
+    unet = token_merged_unet()
     generation_warnings = set()
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         for side in (16, 32):

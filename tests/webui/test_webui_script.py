@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from todo_ext.args import FIELDS, INFOTEXT_HIRES_KV_KEY, INFOTEXT_NOTE_KEY, ToDoArgs, infotext_params
-from todo_ext.bench.models import build_unet
+from todo_ext.bench.models import LatentDiffusionShell, build_unet
 
 
 def todo_hook_count(unet):
@@ -21,11 +21,7 @@ def todo_hook_count(unet):
 
 def sd_model_of(diffusion_model):
     """What the WebUI's p.sd_model looks like to the script: an nn.Module with .model.diffusion_model."""
-    wrapper = nn.Module()
-    wrapper.diffusion_model = diffusion_model
-    sd_model = nn.Module()
-    sd_model.model = wrapper
-    return sd_model
+    return LatentDiffusionShell(diffusion_model)
 
 
 @pytest.fixture(scope="module")

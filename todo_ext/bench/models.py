@@ -62,6 +62,16 @@ def build_unet(layout: str = "sd15", width: int = FULL_WIDTH, *, context_dim: in
     return unet.eval().requires_grad_(False)
 
 
+class LatentDiffusionShell(nn.Module):
+    """The `.model.diffusion_model` nesting of the WebUI's `sd_model` around a bare U-Net: what tomesd.apply_patch
+    and the WebUI script look the U-Net up through."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.diffusion_model = unet
+
+
 def cast_unet(unet: UNetModel, dtype: torch.dtype) -> UNetModel:
     """Run the U-Net in `dtype` the way the WebUI does: weights cast, `unet.dtype` set (ldm casts its input to
     it), and the timestep embedding made in that dtype (modules/sd_hijack_unet.py, timestep_embedding).

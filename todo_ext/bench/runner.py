@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from todo_ext.bench.memory import PeakMemory
-from todo_ext.bench.models import FULL_WIDTH, LATENT_SCALE, build_unet, sdpa_attention, unet_inputs
+from todo_ext.bench.models import (
+    FULL_WIDTH,
+    LATENT_SCALE,
+    LatentDiffusionShell,
+    build_unet,
+    sdpa_attention,
+    unet_inputs,
+)
 from todo_ext.config import ToDoConfig, ratio_to_factor
 
 WEBUI_TOME_STRIDE = 2
@@ -63,15 +70,6 @@ ALL_CONFIGS = (
 CONFIGS_BY_NAME = {config.name: config for config in ALL_CONFIGS}
 
 
-class _LatentDiffusionShell(nn.Module):
-    """The `.model.diffusion_model` nesting that tomesd.apply_patch requires of an ldm model, around a bare U-Net."""
-
-    def __init__(self, unet: nn.Module):
-        super().__init__()
-        self.model = nn.Module()
-        self.model.diffusion_model = unet
-
-
 class _Applied:
     """How to undo a configuration, and the engine's per-call counters (ToDo only) to prove it acted."""
 
@@ -90,7 +88,7 @@ def apply_config(unet: nn.Module, config: BenchConfig) -> _Applied:
     if config.kind == "tome":
         import tomesd
 
-        shell = _LatentDiffusionShell(unet)
+        shell = LatentDiffusionShell(unet)
         tomesd.apply_patch(
             shell, ratio=config.tome_ratio, sx=config.tome_stride, sy=config.tome_stride, use_rand=False,
             merge_attn=True, merge_crossattn=False, merge_mlp=False,
