@@ -2,11 +2,22 @@
 
 from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
-from .patch import LevelPlan, ToDoHandle, UnsupportedModelError, apply, attention_levels, plan_kv_tokens, remove
+from .patch import (
+    LevelPlan,
+    PassState,
+    ToDoHandle,
+    UnsupportedModelError,
+    apply,
+    attention_levels,
+    kv_context,
+    plan_kv_tokens,
+    remove,
+)
 
 __all__ = [
     "METHODS",
     "LevelPlan",
+    "PassState",
     "ToDoConfig",
     "ToDoHandle",
     "UnsupportedModelError",
@@ -14,6 +25,7 @@ __all__ = [
     "attention_levels",
     "downsample_tokens",
     "factor_to_ratio",
+    "kv_context",
     "plan_kv_tokens",
     "ratio_to_factor",
     "remove",
