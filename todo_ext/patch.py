@@ -134,7 +134,8 @@ def received_grid(tokens: int, latent_size: tuple[int, int], level: int) -> tupl
     Shrink (Kohya hires fix) does: it scales both sides of the grid at some level l <= `level` by one factor s,
     rounding each side (floor, round or ceil), and every Downsample after it halves a side rounding up. A grid
     counts only if one such (l, s, rounding) produces it exactly; of several, the one closest to the latent's
-    aspect wins. Token merging leaves a count that no such grid has, so ToDo steps aside there.
+    aspect wins. Token merging leaves counts that such grids rarely have (none on a square latent, where every
+    resize keeps the grid square), so ToDo steps aside there.
     """
     height, width = latent_size
     own = level_grid(height, width, level)

@@ -85,3 +85,23 @@ def test_todo_off_image_identical_before_and_after_a_todo_job():
             hr_second_pass_steps=1, denoising_strength=0.5)
     after, _ = txt2img()
     assert before == after
+
+
+def test_deeper_ratio_by_name_reaches_depth_1_and_the_infotext():
+    _, infotext = txt2img([{"enabled": True, "max_depth": 1, "deeper_ratio": 0.9375}])
+    assert "ToDo deeper ratio: 0.9375" in infotext
+    assert "d1 256->16 (4x)" in infotext.split(INFOTEXT_FIRST_PASS_KV_KEY)[1]
+
+
+def test_positional_args_from_before_deeper_ratio_keep_the_ratio_at_every_depth():
+    old = [True, 0.75, 1, False, 4096, "nearest", 0.0, 1.0, "same", 0.75, False]
+    old_image, infotext = txt2img(old)
+    assert "ToDo deeper ratio: -1.0" in infotext and "d1 256->64 (2x)" in infotext
+    same_image, _ = txt2img([*old, -1])
+    assert old_image == same_image
+
+
+def test_invalid_deeper_ratio_is_rejected_naming_it():
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [
+        {"enabled": True, "deeper_ratio": 1.5}]}}})
+    assert status == 422 and body["field"] == "deeper_ratio"
