@@ -505,6 +505,19 @@ def test_token_merging_on_a_grid_of_another_aspect_still_steps_aside(caplog):
     assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
 
 
+def test_token_merging_whose_count_happens_to_be_a_grid_still_steps_aside():
+    """tomesd at 0.4375 leaves 144 of 256 tokens: 12x12 is what a 0.75 resize of 16x16 gives, but the blocks are
+    tomesd's, so ToDo steps aside."""
+    unet = build_unet("sd15", WIDTH)
+    tomesd.apply_patch(LatentDiffusionShell(unet), ratio=0.4375, use_rand=False)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    tome_only = unet(x, t, c)
+    assert received_grid(144, (16, 16), 0) == (12, 12)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    assert torch.equal(unet(x, t, c), tome_only)
+    assert handle.stats == {"downsampled": 0, "passed_through": 5, "errors": 0}
+
+
 @pytest.mark.parametrize(
     ("tokens", "latent", "level", "grid"),
     [

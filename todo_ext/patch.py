@@ -134,8 +134,9 @@ def received_grid(tokens: int, latent_size: tuple[int, int], level: int) -> tupl
     Shrink (Kohya hires fix) does: it scales both sides of the grid at some level l <= `level` by one factor s,
     rounding each side (floor, round or ceil), and every Downsample after it halves a side rounding up. A grid
     counts only if one such (l, s, rounding) produces it exactly; of several, the one closest to the latent's
-    aspect wins. Token merging leaves counts that such grids rarely have (none on a square latent, where every
-    resize keeps the grid square), so ToDo steps aside there.
+    aspect wins. Token merging leaves counts that such grids rarely have, so ToDo steps aside there; as a count
+    can still match by chance (144 = 12x12 of a 16x16 latent), callers that know the tokens were merged say so
+    to `kv_context`.
     """
     height, width = latent_size
     own = level_grid(height, width, level)
@@ -287,19 +288,22 @@ class PassState:
             log.warning("ToDo: %s", message, exc_info=error)
 
 
-def kv_context(x: torch.Tensor, level: int, state: PassState) -> torch.Tensor | None:
+def kv_context(x: torch.Tensor, level: int, state: PassState, *, tokens_merged: bool = False) -> torch.Tensor | None:
     """The downsampled K/V source D(x) for one self-attention call at `level`, or None to leave it exact.
 
     One decision for every host: the torch hooks here and a Forge-style attn1 patch both call it with the
     attention's input x (batch, tokens, channels). The level comes from the U-Net's structure; the grid from the
     tokens x actually has (see `received_grid`), so layers that a Deep Shrink made smaller are downsampled on
     their shrunken grid. Where no grid fits (Token merging), it steps aside with one warning and counts the call
-    in stats["passed_through"]. A failure inside ToDo is counted in stats["errors"] and leaves attention exact.
+    in stats["passed_through"]; `tokens_merged` (the host knows Token merging ran on this layer) accepts only the
+    latent's own grid. A failure inside ToDo is counted in stats["errors"] and leaves attention exact.
     """
     if not state.may_downsample(level):
         return None
     try:
         plan = state.plan_for(level, x.shape[1]) if x.dim() == 3 and x.shape[0] == state.batch else None
+        if tokens_merged and plan is not None and plan.grid != state.plans[level].grid:
+            plan = None
         if plan is None:
             state.stats["passed_through"] += 1
             state.warn_once(
@@ -334,7 +338,13 @@ def _unet_pre_hook(state: PassState) -> _ToDoHook:
     return _ToDoHook(read_latent)
 
 
-def _attn1_pre_hook(state: PassState, level: int) -> _ToDoHook:
+def _merges_tokens(block: nn.Module) -> bool:
+    """Whether tomesd (the WebUI's Token merging) patched this transformer block: it swaps in a ToMeBlock subclass
+    that merges tokens before attn1 (and swaps the class back when removed)."""
+    return type(block).__name__ == "ToMeBlock"
+
+
+def _attn1_pre_hook(state: PassState, level: int, block: nn.Module) -> _ToDoHook:
     def swap_context(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         if not state.may_downsample(level):
             return None
@@ -347,7 +357,7 @@ def _attn1_pre_hook(state: PassState, level: int) -> _ToDoHook:
                 state.stats["passed_through"] += 1
                 state.warn_once("tiled", "Hypertile tiles this self-attention, so ToDo leaves those layers alone")
                 return None
-            reduced = kv_context(x, level, state)
+            reduced = kv_context(x, level, state, tokens_merged=_merges_tokens(block))
             if reduced is None:
                 return None
             extra = kwargs.get("additional_tokens")
@@ -400,7 +410,7 @@ def apply(unet: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None
     for block, level in blocks:
         depth = levels.index(level)
         if depth <= config.max_depth:
-            hooks.append(block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, level), with_kwargs=True))
+            hooks.append(block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, level, block), with_kwargs=True))
     return ToDoHandle(unet, config, state, hooks)
 
 
