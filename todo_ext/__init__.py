@@ -2,7 +2,16 @@
 
 from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
-from .patch import LevelPlan, ToDoHandle, UnsupportedModelError, apply, attention_levels, plan_kv_tokens, remove
+from .patch import (
+    LevelPlan,
+    ToDoHandle,
+    UnsupportedModelError,
+    apply,
+    attention_levels,
+    attention_levels_by_block,
+    plan_kv_tokens,
+    remove,
+)
 
 __all__ = [
     "METHODS",
@@ -12,6 +21,7 @@ __all__ = [
     "UnsupportedModelError",
     "apply",
     "attention_levels",
+    "attention_levels_by_block",
     "downsample_tokens",
     "factor_to_ratio",
     "plan_kv_tokens",
