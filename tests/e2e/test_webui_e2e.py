@@ -1,4 +1,4 @@
-"""Drive a live AUTOMATIC1111 WebUI v1.10.1 (started with --api and this extension) over HTTP.
+"""Drive a live WebUI (AUTOMATIC1111 v1.10.1, Forge or reForge, started with --api and this extension) over HTTP.
 
 Set WEBUI_URL (e.g. http://127.0.0.1:7860) to run; skipped otherwise. Standard library only. Small sizes and
 steps keep it quick; a GPU host is expected but not required.
@@ -11,13 +11,23 @@ import urllib.request
 
 import pytest
 
-from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_HIRES_KV_KEY, ToDoArgs, args_from_infotext
+from todo_ext.args import (
+    INFOTEXT_FIRST_PASS_KV_KEY,
+    INFOTEXT_HIRES_KV_KEY,
+    INFOTEXT_NOTE_KEY,
+    ToDoArgs,
+    args_from_infotext,
+)
 
 WEBUI_URL = os.environ.get("WEBUI_URL", "").rstrip("/")
 pytestmark = pytest.mark.skipif(not WEBUI_URL, reason="WEBUI_URL is not set (no live WebUI to test against)")
 
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 3, "width": 256, "height": 256,
         "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1}
+HIRES = {"enable_hr": True, "hr_upscaler": "Latent", "hr_additional_modules": ["Use same choices"],
+         "hr_cfg": BASE["cfg_scale"]}
+"""Hires fix the same on every host: Forge answers 500 without `hr_additional_modules`, reForge runs the hires
+pass at `hr_cfg` 1.0 unless told; A1111's API model ignores both fields."""
 
 
 def call(path, payload=None, timeout=600):
@@ -55,12 +65,22 @@ def test_todo_off_writes_nothing():
 def test_todo_on_positional():
     _, infotext = txt2img(ToDoArgs(enabled=True, ratio=0.75).to_list())
     assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}:" in infotext
+    assert INFOTEXT_NOTE_KEY not in infotext, "ToDo acted: it did not step aside"
 
 
 def test_todo_on_dict_args_and_hires_fix():
-    _, infotext = txt2img([{"enabled": True, "hires_mode": "own", "hires_ratio": 0.9375}], enable_hr=True,
-                          hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=2, denoising_strength=0.6)
+    _, infotext = txt2img([{"enabled": True, "hires_mode": "own", "hires_ratio": 0.9375}], **HIRES,
+                          hr_scale=2, hr_second_pass_steps=2, denoising_strength=0.6)
     assert f"{INFOTEXT_HIRES_KV_KEY}:" in infotext and "(4x" in infotext.split(INFOTEXT_HIRES_KV_KEY)[1]
+    assert infotext.count(f"{INFOTEXT_FIRST_PASS_KV_KEY}:") == 1 and infotext.count(INFOTEXT_HIRES_KV_KEY) == 1
+    assert INFOTEXT_NOTE_KEY not in infotext
+
+
+def test_hires_pass_only():
+    _, infotext = txt2img([{"enabled": True, "hires_only": True}], **HIRES, hr_scale=1.5, hr_second_pass_steps=1,
+                          denoising_strength=0.5, steps=2)
+    assert f"{INFOTEXT_HIRES_KV_KEY}:" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}:" not in infotext
+    assert INFOTEXT_NOTE_KEY not in infotext
 
 
 @pytest.mark.parametrize("args", [[True, 2.0], [{"enabled": True, "method": "bicubic"}], [{"unknown": 1}]])
@@ -81,7 +101,7 @@ def test_infotext_round_trip_through_png_info():
 
 def test_todo_off_image_identical_before_and_after_a_todo_job():
     before, _ = txt2img()
-    txt2img(ToDoArgs(enabled=True, ratio=0.9375).to_list(), enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
-            hr_second_pass_steps=1, denoising_strength=0.5)
+    txt2img(ToDoArgs(enabled=True, ratio=0.9375).to_list(), **HIRES, hr_scale=1.5, hr_second_pass_steps=1,
+            denoising_strength=0.5)
     after, _ = txt2img()
     assert before == after

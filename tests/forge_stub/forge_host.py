@@ -223,6 +223,8 @@ def forge_unet_call(unet, x, timestep, context, transformer_options):
     """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward)."""
     transformer_options["original_shape"] = list(x.shape)
     transformer_options["transformer_index"] = 0
+    if not hasattr(unet, "input_blocks"):  # Flux, SD3: their own forward (backend/nn/flux.py, mmditx.py)
+        return unet(x, timestep, context)
     _options_of_call.append(transformer_options)
     try:
         with _forge_layout(unet):
