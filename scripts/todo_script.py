@@ -153,10 +153,12 @@ class ToDoScript(scripts.Script):
         plans = todo_ext.plan_kv_tokens(config, latent_height, latent_width, todo_ext.attention_levels(unet))
         summary = todo_args.kv_summary(plans)
         kv_key = todo_args.INFOTEXT_HIRES_KV_KEY if is_hires else todo_args.INFOTEXT_FIRST_PASS_KV_KEY
+        repeated = p.extra_generation_params.get(kv_key) == summary  # Forge's second call in the hires pass
         p.extra_generation_params.update(todo_args.infotext_params(job_args))
         p.extra_generation_params[kv_key] = summary
         p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = p.todo_note
-        print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
+        if not repeated:
+            print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
 
     def postprocess(self, p, processed, *args):
         remove_all_hooks(getattr(p, "sd_model", None))
