@@ -1,5 +1,6 @@
 // ToDo extension: hover hints on every control, the ratio's per-side factor, and a live line of the K/V
-// tokens self-attention uses at depth 0 with and without ToDo, per pass, for the current size and hires fix.
+// tokens self-attention uses at depth 0 (and depth 1 when Max depth >= 1) with and without ToDo, per pass, for the
+// current size and hires fix.
 // The arithmetic mirrors todo_ext (config.ratio_to_factor, ToDoConfig.factor_at, patch.plan_kv_tokens).
 
 (function() {
@@ -16,7 +17,10 @@
         return snap(1 / Math.sqrt(1 - ratio));
     }
 
-    function passFactor(settings, depth0Tokens) {
+    function passFactor(settings, depth0Tokens, depth) {
+        if (depth > 0 && settings.deeper >= 0) {
+            return ratioToFactor(settings.deeper);
+        }
         if (settings.auto) {
             return Math.min(MAX_FACTOR, Math.max(1, snap(Math.sqrt(depth0Tokens / settings.target))));
         }
@@ -62,19 +66,30 @@
         return [resizeX, resizeY];
     }
 
+    function gridAt(width, height, level) {
+        return [Math.ceil(Math.ceil(height / 8) / Math.pow(2, level)), Math.ceil(Math.ceil(width / 8) / Math.pow(2, level))];
+    }
+
+    function describeDepth(grid, level, factor) {
+        const tokens = grid[0] * grid[1];
+        if (factor === null) {
+            return String(tokens);
+        }
+        const kv = Math.ceil(grid[0] / factor) * Math.ceil(grid[1] / factor);
+        const factorText = Number.isInteger(factor) ? factor : factor.toFixed(2);
+        return tokens + " \u2192 " + kv + " (" + factorText + "x, latent/" + Math.pow(2, level) + ")";
+    }
+
     function describePass(name, width, height, settings) {
         const parts = LAYOUTS.map(function([family, level]) {
-            const scale = 8 * Math.pow(2, level);
-            const grid = [Math.ceil(Math.ceil(height / 8) / Math.pow(2, level)),
-                Math.ceil(Math.ceil(width / 8) / Math.pow(2, level))];
+            const grid = gridAt(width, height, level);
             const tokens = grid[0] * grid[1];
-            if (!settings) {
-                return family + " " + tokens;
+            let text = family + " " + describeDepth(grid, level, settings ? passFactor(settings, tokens, 0) : null);
+            if (settings && settings.maxDepth >= 1) {
+                text += ", d1 " + describeDepth(gridAt(width, height, level + 1), level + 1,
+                    passFactor(settings, tokens, 1));
             }
-            const factor = passFactor(settings, tokens);
-            const kv = Math.ceil(grid[0] / factor) * Math.ceil(grid[1] / factor);
-            const factorText = Number.isInteger(factor) ? factor : factor.toFixed(2);
-            return family + " " + tokens + " \u2192 " + kv + " (" + factorText + "x, latent/" + scale / 8 + ")";
+            return text;
         });
         return name + " " + width + "\u00d7" + height + ": " + (settings ? "" : "no ToDo, ") + parts.join(" \u00b7 ");
     }
@@ -84,18 +99,21 @@
             ratio: numberOf(prefix + "ratio", 0.75),
             auto: checkedOf(prefix + "auto"),
             target: numberOf(prefix + "auto_target_tokens", 4096),
+            maxDepth: numberOf(prefix + "max_depth", 0),
+            deeper: numberOf(prefix + "deeper_ratio", -1), // negative = same as the ratio (args.SAME_AS_RATIO)
         };
         const hiresMode = radioOf(prefix + "hires_mode", "same");
         let hires = base;
         if (hiresMode === "own") {
-            hires = {ratio: numberOf(prefix + "hires_ratio", 0.75), auto: false, target: base.target};
+            hires = Object.assign({}, base, {ratio: numberOf(prefix + "hires_ratio", 0.75), auto: false});
         } else if (hiresMode === "auto") {
-            hires = {ratio: base.ratio, auto: true, target: base.target};
+            hires = Object.assign({}, base, {auto: true});
         } else if (hiresMode === "off") {
             hires = null;
         }
         const usable = function(settings) {
-            return settings && (settings.auto || settings.ratio > 0) ? settings : null;
+            const deeperOn = settings && settings.maxDepth >= 1 && settings.deeper > 0;
+            return settings && (settings.auto || settings.ratio > 0 || deeperOn) ? settings : null;
         };
         return {
             enabled: checkedOf(prefix + "enabled-checkbox"),
@@ -146,7 +164,7 @@
         const width = numberOf(tab + "_width", 512);
         const height = numberOf(tab + "_height", 512);
         const settings = readSettings(prefix);
-        const lines = ["K/V tokens at depth 0 (self-attention), without \u2192 with ToDo:"];
+        const lines = ["K/V tokens of self-attention at depth 0 (d1 = depth 1), without \u2192 with ToDo:"];
         lines.push(describePass("First pass", width, height, settings.enabled ? settings.first : null));
         const hires = hiresTarget(tab, width, height);
         if (hires) {

@@ -107,6 +107,7 @@ class ToDoScript(scripts.Script):
                 gr.HTML(html.escape(todo_args.factor_label(defaults.ratio)), elem_id=self.elem_id("factor"))
             with gr.Row():
                 add("max_depth")
+                add("deeper_ratio")
                 add("method")
             with gr.Row():
                 add("auto")
@@ -281,6 +282,8 @@ def add_xyz_axes():
         xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Max depth", int, _xyz_override("max_depth"),
                             confirm=_xyz_confirm("max_depth"),
                             choices=lambda: [str(depth) for depth in range(int(depths.maximum) + 1)]),
+        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Deeper ratio", float, _xyz_override("deeper_ratio"),
+                            confirm=_xyz_confirm("deeper_ratio")),
         xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Method", str, _xyz_override("method"), confirm=_xyz_confirm("method"),
                             choices=lambda: list(todo_args.FIELDS_BY_NAME["method"].choices)),
     ])
@@ -294,6 +297,12 @@ def install_api_validation(_demo, app):
     app.add_middleware(ToDoRequestValidator, defaults=current_defaults)
 
 
+def complete_pasted_infotext(_infotext, params):
+    """Infotext of an older ToDo lacks the newer keys: fill in the values that reproduce those images, before the
+    WebUI pastes the parameters into the controls (UI paste and the API's `infotext` field alike)."""
+    todo_args.complete_infotext(params)
+
+
 def on_script_unloaded():
     remove_all_hooks()
 
@@ -302,4 +311,5 @@ script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)
 script_callbacks.on_script_unloaded(on_script_unloaded)
+script_callbacks.on_infotext_pasted(complete_pasted_infotext)
 script_callbacks.on_cfg_denoiser(follow_model_switch)

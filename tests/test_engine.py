@@ -22,6 +22,7 @@ from todo_ext.bench.models import (
     unet_inputs,
     webui_skip_resize,
 )
+from todo_ext.patch import received_grid
 
 WIDTH = 32
 LDM_EINSUM_FORWARD = CrossAttention.forward
@@ -375,3 +376,147 @@ def test_hypertile_makes_todo_step_aside_and_todo_returns_when_it_is_off(caplog)
     todo_ext.apply(unet, ToDoConfig(ratio=0.75))
     assert not torch.equal(unet(x, t, c), plain)
     assert not torch.equal(hypertile_only, plain)
+
+
+class ShrunkInput(nn.Module):
+    """Deep Shrink (Kohya hires fix) as the hosts run it: the hidden state resized by `scale` before an input block.
+
+    rounding "floor" is Kohya's A1111 extension (F.interpolate with scale_factor, bicubic, in a module wrapped
+    around input_blocks[N]); "round" is Forge's and reForge's built-in one (bicubic resize to round(side * scale),
+    an input-block patch after the skip). The way back up is the WebUI's size-safe skip concatenation.
+    """
+
+    def __init__(self, block: nn.Module, scale: float, rounding: str):
+        super().__init__()
+        self.block = block
+        self.scale = scale
+        self.rounding = rounding
+
+    def forward(self, h, *args):
+        if self.rounding == "floor":
+            h = nn.functional.interpolate(h, scale_factor=self.scale, mode="bicubic")
+        else:
+            size = [round(side * self.scale) for side in h.shape[-2:]]
+            h = nn.functional.interpolate(h, size=size, mode="bicubic")
+        return self.block(h, *args)
+
+
+def deep_shrink(unet, block_index, scale=0.5, rounding="floor"):
+    unet.input_blocks[block_index] = ShrunkInput(unet.input_blocks[block_index], scale, rounding)
+
+
+def record_attn1_with_grids(unet):
+    """record_attn1, plus the (height, width) of the hidden state each call's SpatialTransformer received: the grid
+    the attention really runs on, read independently of ToDo."""
+    current = {}
+    for module in unet.modules():
+        if type(module).__name__ == "SpatialTransformer":
+            module.register_forward_pre_hook(lambda _m, args: current.update(grid=tuple(args[0].shape[-2:])))
+    calls, _ = record_attn1(unet)
+    for block in transformer_blocks(unet):
+        block.attn1.register_forward_pre_hook(lambda _m, _args: calls[-1].update(grid=current["grid"]))
+    return calls
+
+
+# Depth 0 is latent/1 on SD1.x and latent/2 on SDXL; the shrunken block is the first one with self-attention there
+# (Forge's default, block 3 after the skip, is exactly this block on SDXL).
+DEPTH0_SHRINK = {"sd15": (1, 0), "sdxl": (4, 1)}
+
+
+@pytest.mark.parametrize("layout", ["sd15", "sdxl"])
+@pytest.mark.parametrize(("latent", "rounding"), [((32, 32), "floor"), ((24, 40), "round"), ((27, 45), "floor"),
+                                                  ((27, 45), "round")])
+@pytest.mark.parametrize("apply_first", [True, False])
+def test_deep_shrink_at_depth_0_is_downsampled_on_the_shrunken_grid(layout, latent, rounding, apply_first):
+    """Every depth-0 attn1 call is downsampled, each output is softmax(Q D(K)^T / sqrt(d)) D(V) on the grid it got.
+
+    Kohya's A1111 extension wraps the block in the denoiser callback, after ToDo hooked the U-Net (apply_first); a
+    later pass hooks a U-Net that is wrapped already.
+    """
+    unet = build_unet(layout, WIDTH)
+    block_index, level = DEPTH0_SHRINK[layout]
+    x, t, c = unet_inputs(unet, 2, *latent)
+    config = ToDoConfig(ratio=0.75, max_depth=0)
+    if apply_first:
+        handle = todo_ext.apply(unet, config)
+        deep_shrink(unet, block_index, 0.5, rounding)
+    else:
+        deep_shrink(unet, block_index, 0.5, rounding)
+        handle = todo_ext.apply(unet, config)
+    calls = record_attn1_with_grids(unet)
+    with webui_skip_resize():
+        out = unet(x, t, c)
+    assert out.shape == x.shape
+    own_grid = (-(-latent[0] // 2**level), -(-latent[1] // 2**level))
+    depth0 = [call for call in calls if call["block"] in transformer_blocks(unet)[:2] + transformer_blocks(unet)[-3:]]
+    assert sum(call["grid"] != own_grid for call in depth0) == 4, "the reproduction shrinks four depth-0 calls"
+    assert handle.stats == {"downsampled": len(depth0), "passed_through": 0, "errors": 0}
+    for call in depth0:
+        grid = call["grid"]
+        assert call["context"].shape[1] == -(-grid[0] // 2) * -(-grid[1] // 2)
+        torch.testing.assert_close(call["out"], paper_attention(call["block"].attn1, call["x"], grid),
+                                   rtol=1e-4, atol=1e-5)
+    assert all(call["context"] is None for call in calls if call not in depth0)
+
+
+def test_deep_shrink_reaches_deeper_depths_with_their_own_ratio():
+    """A shrink at depth 0 shrinks depth 1 as well: downsampled there on its grid with the deeper ratio (3x)."""
+    unet = build_unet("sd15", WIDTH)
+    deep_shrink(unet, 1, 0.5, "floor")
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=1, deeper_ratios=(0.89,)))
+    calls = record_attn1_with_grids(unet)
+    with webui_skip_resize():
+        unet(*unet_inputs(unet, 1, 40, 56))
+    blocks = transformer_blocks(unet)
+    depth1 = [call for call in calls if call["block"] in blocks[2:4] + blocks[-6:-3]]
+    assert {call["grid"] for call in depth1} == {(10, 14)}
+    assert handle.stats["passed_through"] == 0
+    for call in depth1:
+        assert call["context"].shape[1] == 4 * 5
+        torch.testing.assert_close(call["out"], paper_attention(call["block"].attn1, call["x"], (10, 14), stride=3),
+                                   rtol=1e-4, atol=1e-5)
+
+
+def test_auto_follows_the_tokens_each_call_gets_under_deep_shrink():
+    """Auto's factor comes from the call's own token count: the shrunken 16x16 calls fit the 256-token target and
+    stay exact, the 32x32 call where the size-safe concat restored the grid is halved."""
+    unet = build_unet("sd15", WIDTH)
+    deep_shrink(unet, 1, 0.5, "floor")
+    handle = todo_ext.apply(unet, ToDoConfig(auto=True, auto_target_tokens=256))
+    calls = record_attn1_with_grids(unet)
+    with webui_skip_resize():
+        unet(*unet_inputs(unet, 1, 32, 32))
+    depth0 = {(call["grid"], None if call["context"] is None else call["context"].shape[1])
+              for call in calls if call["grid"][0] >= 16}
+    assert depth0 == {((16, 16), None), ((32, 32), 256)}
+    assert handle.stats == {"downsampled": 1, "passed_through": 0, "errors": 0}
+
+
+def test_token_merging_on_a_grid_of_another_aspect_still_steps_aside(caplog):
+    """On a 16x24 latent tomesd leaves 192 tokens: 12x16 has that many, but no resize of 16x24 gives it."""
+    unet = token_merged_unet()
+    x, t, c = unet_inputs(unet, 1, 16, 24)
+    tome_only = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        assert torch.equal(unet(x, t, c), tome_only)
+    assert handle.stats["passed_through"] == 5
+    assert handle.stats["downsampled"] == 0
+    assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize(
+    ("tokens", "latent", "level", "grid"),
+    [
+        (67 * 120, (135, 240), 0, (67, 120)),   # floor(side / 2), A1111
+        (68 * 120, (135, 240), 0, (68, 120)),   # round(side / 2), Forge
+        (34 * 60, (135, 240), 1, (34, 60)),     # shrunk at latent/1, then one Downsample
+        (48 * 72, (64, 96), 0, (48, 72)),       # scale 0.75 (Kohya's smooth scaling)
+        (64 * 64, (32, 32), 0, (64, 64)),       # scale 2 (Kohya's output-side upscale)
+        (128, (16, 16), 0, None),               # Token merging on a square latent
+        (192, (16, 24), 0, None),               # Token merging: 12x16 is no resize of 16x24
+        (7, (16, 16), 0, None),
+    ],
+)
+def test_received_grid(tokens, latent, level, grid):
+    assert received_grid(tokens, latent, level) == grid

@@ -4,11 +4,13 @@ from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
 from .patch import (
     LevelPlan,
+    PassState,
     ToDoHandle,
     UnsupportedModelError,
     apply,
     attention_levels,
     attention_levels_by_block,
+    kv_context,
     plan_kv_tokens,
     remove,
 )
@@ -16,6 +18,7 @@ from .patch import (
 __all__ = [
     "METHODS",
     "LevelPlan",
+    "PassState",
     "ToDoConfig",
     "ToDoHandle",
     "UnsupportedModelError",
@@ -24,6 +27,7 @@ __all__ = [
     "attention_levels_by_block",
     "downsample_tokens",
     "factor_to_ratio",
+    "kv_context",
     "plan_kv_tokens",
     "ratio_to_factor",
     "remove",

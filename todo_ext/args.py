@@ -31,6 +31,9 @@ INFOTEXT_NOTE_KEY = "ToDo note"
 INFOTEXT_FIRST_PASS_KV_KEY = "ToDo K/V"
 INFOTEXT_HIRES_KV_KEY = "ToDo hires K/V"
 
+SAME_AS_RATIO = -1.0
+"""Deeper ratio meaning "the ratio at every depth": what args, settings and infotext from before the field mean."""
+
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
 
@@ -54,6 +57,8 @@ class FieldSpec:
     choices: tuple[str, ...] = ()
     setting: bool = False
     """Whether Settings > ToDo offers a default for it."""
+    negative_means: str | None = None
+    """For a number that may also follow another field: what a negative value means (stored as -1)."""
 
     def allowed(self) -> str:
         """The allowed values, in words, for error messages."""
@@ -62,6 +67,8 @@ class FieldSpec:
         if self.kind == "choice":
             return ", ".join(self.choices)
         number = "a whole number" if self.kind == "int" else "a number"
+        if self.negative_means:
+            return f"-1 ({self.negative_means}) or {number} from 0 to {self.maximum:g}"
         return f"{number} from {self.minimum:g} to {self.maximum:g}"
 
     def error(self, value: Any) -> ValueError:
@@ -80,6 +87,8 @@ class FieldSpec:
             if not number.is_integer():
                 raise self.error(value)
             return int(number)
+        if self.negative_means and number < 0:
+            return SAME_AS_RATIO
         return number
 
     def _coerce_bool(self, value: Any) -> bool:
@@ -182,6 +191,12 @@ class ToDoArgs:
         False, "bool", "Hires pass only", "ToDo hires only",
         "Leave the first pass alone and use ToDo only in the (large) hires fix pass.",
     )
+    deeper_ratio: float = _arg(
+        SAME_AS_RATIO, "float", "Deeper ratio", "ToDo deeper ratio",
+        "Ratio at depths 1 to Max depth (the next, coarser attention levels); -1 (any negative value) = the same "
+        "as Ratio. Under Auto it fixes the factor there while Auto sizes depth 0.",
+        minimum=SAME_AS_RATIO, maximum=MAX_RATIO, step=0.0025, setting=True, negative_means="same as ratio",
+    )
 
     def __post_init__(self) -> None:
         for spec in FIELDS:
@@ -194,12 +209,15 @@ class ToDoArgs:
         if not self.enabled or (self.hires_only and not is_hires) or (is_hires and self.hires_mode == "off"):
             return None
         config = self._pass_config(is_hires)
-        return None if not config.auto and config.ratio == 0.0 else config
+        touches = config.auto or any(config.ratio_at(depth) > 0 for depth in range(config.max_depth + 1))
+        return config if touches else None
 
     def _pass_config(self, is_hires: bool) -> ToDoConfig:
         """The pass's settings whether or not ToDo is on, so that invalid combinations fail even when off."""
+        deeper_ratios = () if self.deeper_ratio < 0 else (self.deeper_ratio,) * self.max_depth
         base = dict(ratio=self.ratio, max_depth=self.max_depth, method=self.method, auto=self.auto,
-                    auto_target_tokens=self.auto_target_tokens, start=self.start, end=self.end)
+                    auto_target_tokens=self.auto_target_tokens, start=self.start, end=self.end,
+                    deeper_ratios=deeper_ratios)
         if is_hires and self.hires_mode == "own":
             base.update(ratio=self.hires_ratio, auto=False)
         elif is_hires and self.hires_mode == "auto":
@@ -265,6 +283,19 @@ def setting_key(spec: FieldSpec) -> str:
 SETTING_FIELDS: tuple[FieldSpec, ...] = tuple(spec for spec in FIELDS if spec.setting)
 
 
+INFOTEXT_WHEN_MISSING = {FIELDS_BY_NAME["deeper_ratio"].infotext_key: repr(SAME_AS_RATIO)}
+"""Keys that ToDo infotext from before a field existed lacks, with the value that reproduces those images."""
+
+
+def complete_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Give pasted parameters written by an older ToDo (they have the "ToDo" key) the keys they lack, in place,
+    so that pasting them sets today's controls to what those images were made with."""
+    if INFOTEXT_ENABLED_KEY in params:
+        for key, value in INFOTEXT_WHEN_MISSING.items():
+            params.setdefault(key, value)
+    return params
+
+
 def infotext_params(args: ToDoArgs) -> dict[str, str | int | float]:
     """Every ToDo setting as "ToDo ..." infotext keys, enough to reproduce both passes; write only when active."""
     return {spec.infotext_key: spec.format(getattr(args, spec.name)) for spec in FIELDS}
@@ -305,6 +336,7 @@ def paste_target(spec: FieldSpec) -> str | Callable[[Mapping[str, Any]], Any]:
 def args_from_infotext(params: Mapping[str, Any], current: ToDoArgs | None = None) -> ToDoArgs:
     """`current` with every control that a pasted infotext sets (the paste round trip as one object)."""
     current = current or ToDoArgs()
+    params = complete_infotext(dict(params))
     values = {spec.name: paste_value(spec.name, params) for spec in FIELDS}
     return current.with_values({name: value for name, value in values.items() if value is not None})
 

@@ -60,8 +60,11 @@ class ToDoConfig:
     ratio: fraction of K/V tokens removed at depth 0 (0 = off, 0.75 = 2x per side, 0.89 = 3x, 0.9375 = 4x).
     max_depth: deepest attention level touched; depth 0 is the highest-resolution level with self-attention.
     method: one of METHODS.
-    deeper_ratios: ratios for depth 1, 2, ...; a depth up to max_depth that has none here uses `ratio`.
+    deeper_ratios: ratios for depth 1, 2, ...; a depth up to max_depth that has none here uses `ratio` (or, in
+        auto mode, Auto's factor).
     auto: choose the factor per pass so that depth 0 keeps about `auto_target_tokens` K/V tokens; never upsamples.
+        Deeper depths take the same factor, except those with a ratio in `deeper_ratios`, which keep that fixed
+        factor: Auto sizes depth 0 to the image, a deeper ratio pins its depth.
     start, end: sampling progress window (0 = pure noise, 1 = done), read from the U-Net's timestep.
     """
 
@@ -141,10 +144,11 @@ class ToDoConfig:
         return self.deeper_ratios[depth - 1] if depth - 1 < len(self.deeper_ratios) else self.ratio
 
     def factor_at(self, depth: int, depth0_tokens: int | None = None) -> float:
-        """Per-side factor at `depth`; in auto mode it follows from the depth-0 token count of the current pass."""
+        """Per-side factor at `depth`; in auto mode it follows from the depth-0 token count of the current pass,
+        except at a deeper depth with its own entry in `deeper_ratios`."""
         if depth > self.max_depth:
             return 1.0
-        if self.auto:
+        if self.auto and not 0 < depth <= len(self.deeper_ratios):
             if depth0_tokens is None:
                 raise ValueError("ToDo: auto mode needs the depth-0 token count of the current pass")
             return min(MAX_FACTOR, max(1.0, _snap(math.sqrt(depth0_tokens / self.auto_target_tokens))))

@@ -5,14 +5,21 @@ A forward pre-hook on the U-Net reads the latent's grid, batch and timestep for 
 attention implementation the WebUI installs computes K and V from `context`, so the queries stay full and the
 K/V projections run on the reduced tokens. No class method is replaced, so the WebUI's attention optimizer and
 other extensions that patch the same classes keep working.
+
+The per-call decision (`kv_context`) is host-neutral, so Forge-style hosts reuse it from their attn1 patch. It
+reads the grid from the tokens a layer actually gets, so ToDo keeps working under Deep Shrink (Kohya hires fix),
+which runs part of the U-Net on a smaller hidden state.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -46,6 +53,17 @@ def _resolution_change(module: nn.Module) -> int:
     return 0
 
 
+def _unwrapped(block: nn.Module) -> nn.Module:
+    """The TimestepEmbedSequential of a U-Net block, also where another extension wrapped it in a module of its
+    own (Kohya's A1111 hires fix swaps in a resizing wrapper around input and output blocks)."""
+    while not _is_a(block, "TimestepEmbedSequential"):
+        children = list(block.children())
+        if len(children) != 1:
+            break
+        block = children[0]
+    return block
+
+
 def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
     """Every BasicTransformerBlock of the U-Net with its level (log2 of the latent's downscale there)."""
     if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
@@ -55,7 +73,7 @@ def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
     found = []
     level = 0
     for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
-        for layer in block.children():
+        for layer in _unwrapped(block).children():
             found.extend(
                 (module, level)
                 for module in layer.modules()
@@ -102,6 +120,65 @@ def level_grid(latent_height: int, latent_width: int, level: int) -> tuple[int, 
     return math.ceil(latent_height / scale), math.ceil(latent_width / scale)
 
 
+_ROUNDINGS: tuple[Callable[[Fraction], int], ...] = (math.floor, round, math.ceil)
+"""How a resize inside the U-Net can round a scaled side: torch's interpolate(scale_factor=) floors (Kohya's
+A1111 extension), Forge's Kohya hires fix rounds, and ceil covers the rest."""
+
+
+@functools.lru_cache(maxsize=1024)
+def received_grid(tokens: int, latent_size: tuple[int, int], level: int) -> tuple[int, int] | None:
+    """The (height, width) grid of `tokens` self-attention tokens at `level` of a U-Net run on a latent of
+    `latent_size`, or None where no grid of the latent's aspect has that many tokens.
+
+    The latent's own grid (`level_grid`) unless something inside the U-Net resized the hidden state, as Deep
+    Shrink (Kohya hires fix) does: it scales both sides of the grid at some level l <= `level` by one factor s,
+    rounding each side (floor, round or ceil), and every Downsample after it halves a side rounding up. A grid
+    counts only if one such (l, s, rounding) produces it exactly; of several, the one closest to the latent's
+    aspect wins. Token merging leaves a count that no such grid has, so ToDo steps aside there.
+    """
+    height, width = latent_size
+    own = level_grid(height, width, level)
+    if own[0] * own[1] == tokens:
+        return own
+    aspect = math.log(height / width)
+    best = None
+    for grid_height in range(1, tokens + 1):
+        if tokens % grid_height:
+            continue
+        grid = (grid_height, tokens // grid_height)
+        if not any(_shrink_produces(grid, level_grid(height, width, at), level - at) for at in range(level + 1)):
+            continue
+        distance = abs(math.log(grid[0] / grid[1]) - aspect)
+        if best is None or distance < best[0]:
+            best = (distance, grid)
+    return None if best is None else best[1]
+
+
+def _shrink_produces(grid: tuple[int, int], source: tuple[int, int], halvings: int) -> bool:
+    """Whether scaling `source` by one factor (some rounding) and then `halvings` ceil-halvings gives `grid`.
+
+    Each side is a step function of the scale that changes only where scale * side crosses a whole or half
+    number, so testing those scales and the midpoints between them covers every scale.
+    """
+    step = 2**halvings
+    lowest = Fraction((grid[0] - 1) * step - 1, source[0])
+    highest = Fraction(grid[0] * step + 2, source[0])
+    breaks = sorted({
+        Fraction(2 * whole + half, 2 * side)
+        for side in source
+        for whole in range(math.floor(lowest * side) - 1, math.ceil(highest * side) + 2)
+        for half in (0, 1)
+        if whole >= 0
+    })
+    scales = breaks + [(low + high) / 2 for low, high in itertools.pairwise(breaks)]
+    for rounding in _ROUNDINGS:
+        for scale in scales:
+            sides = [rounding(scale * side) for side in source]
+            if min(sides) >= 1 and tuple(-(-side // step) for side in sides) == grid:
+                return True
+    return False
+
+
 def plan_kv_tokens(config: ToDoConfig, latent_height: int, latent_width: int,
                    levels: tuple[int, ...]) -> list[LevelPlan]:
     """Grid, factor and K/V grid per attention depth for a latent size; depth i is levels[i]."""
@@ -137,8 +214,12 @@ class _ToDoHook:
         return self.function(*args)
 
 
-class _PassState:
-    """What the current U-Net call tells the attention hooks: grid per level, batch, whether ToDo is on."""
+class PassState:
+    """What the current U-Net call tells its self-attention layers: latent grid, batch, whether ToDo is on.
+
+    Host-neutral: the torch hooks below fill it from the U-Net's input, a Forge-style host from its own patch
+    arguments (`begin`), and both hand every self-attention call to `kv_context`.
+    """
 
     def __init__(self, config: ToDoConfig, levels: tuple[int, ...], warned: set[str]):
         self.config = config
@@ -147,25 +228,57 @@ class _PassState:
         self.batch = 0
         self.plans: dict[int, LevelPlan] = {}
         self._latent: tuple[int, int] | None = None
+        self._received_plans: dict[tuple[int, int], LevelPlan | None] = {}
         self.stats = {"downsampled": 0, "passed_through": 0, "errors": 0}
         self._warned = warned
 
     def begin_call(self, latent: torch.Tensor, timesteps: Any) -> None:
+        """Start a U-Net call from its input latent (batch, channels, height, width) and timesteps."""
+        progress = None
+        if self.config.has_step_window and timesteps is not None:
+            progress = 1.0 - float(torch.as_tensor(timesteps).flatten()[0]) / (TRAIN_TIMESTEPS - 1)
+        self.begin(latent.shape[0], tuple(latent.shape[-2:]), progress)
+
+    def begin(self, batch: int, latent_size: tuple[int, int], progress: float | None) -> None:
+        """Start a U-Net call: its batch, latent (height, width) and sampling progress (0 = noise, 1 = done;
+        None when the host gives none, which ignores the step window with a warning)."""
         self.active = False
-        self.batch = latent.shape[0]
-        height, width = latent.shape[-2:]
+        self.batch = batch
+        height, width = int(latent_size[0]), int(latent_size[1])
         if self._latent != (height, width):
             plans = plan_kv_tokens(self.config, height, width, self.levels)
             self.plans = {plan.level: plan for plan in plans}
+            self._received_plans = {}
             self._latent = (height, width)
         if self.config.has_step_window:
-            if timesteps is None:
+            if progress is None:
                 self.warn_once("no-timestep", "the U-Net got no timestep; the step window is ignored")
-            else:
-                progress = 1.0 - float(torch.as_tensor(timesteps).flatten()[0]) / (TRAIN_TIMESTEPS - 1)
-                if not self.config.covers(min(1.0, max(0.0, progress))):
-                    return
+            elif not self.config.covers(min(1.0, max(0.0, progress))):
+                return
         self.active = True
+
+    def may_downsample(self, level: int) -> bool:
+        """Whether ToDo can act at `level` in this call (Auto's factor depends on the tokens a call gets)."""
+        plan = self.plans.get(level)
+        return self.active and plan is not None and (self.config.auto or plan.factor != 1.0)
+
+    def plan_for(self, level: int, tokens: int) -> LevelPlan | None:
+        """The plan for `tokens` actually received at `level`: the latent's own grid, or the grid of the same
+        aspect that a Deep Shrink (Kohya hires fix) left there; None where no such grid has that many tokens."""
+        plan = self.plans[level]
+        if tokens == plan.tokens:
+            return plan
+        key = (level, tokens)
+        if key not in self._received_plans:
+            grid = received_grid(tokens, self._latent, level)
+            self._received_plans[key] = None if grid is None else self._plan_on(level, grid)
+        return self._received_plans[key]
+
+    def _plan_on(self, level: int, grid: tuple[int, int]) -> LevelPlan:
+        depth = self.levels.index(level)
+        depth0_tokens = grid[0] * grid[1] * 4 ** (level - self.levels[0])
+        factor = self.config.factor_at(depth, depth0_tokens)
+        return LevelPlan(depth, level, grid, kv_grid(grid, factor), factor)
 
     def warn_once(self, kind: str, message: str, *, error: bool = False) -> None:
         if kind not in self._warned:
@@ -173,7 +286,40 @@ class _PassState:
             log.warning("ToDo: %s", message, exc_info=error)
 
 
-def _unet_pre_hook(state: _PassState) -> _ToDoHook:
+def kv_context(x: torch.Tensor, level: int, state: PassState) -> torch.Tensor | None:
+    """The downsampled K/V source D(x) for one self-attention call at `level`, or None to leave it exact.
+
+    One decision for every host: the torch hooks here and a Forge-style attn1 patch both call it with the
+    attention's input x (batch, tokens, channels). The level comes from the U-Net's structure; the grid from the
+    tokens x actually has (see `received_grid`), so layers that a Deep Shrink made smaller are downsampled on
+    their shrunken grid. Where no grid fits (Token merging), it steps aside with one warning and counts the call
+    in stats["passed_through"]. A failure inside ToDo is counted in stats["errors"] and leaves attention exact.
+    """
+    if not state.may_downsample(level):
+        return None
+    try:
+        plan = state.plan_for(level, x.shape[1]) if x.dim() == 3 and x.shape[0] == state.batch else None
+        if plan is None:
+            state.stats["passed_through"] += 1
+            state.warn_once(
+                "mismatch",
+                f"self-attention at latent/{2**level} got {tuple(x.shape)}, which is no ({state.batch}, height * "
+                "width, C) grid of the latent's aspect; another patch (Token merging, Hypertile?) changed the "
+                "tokens, so ToDo leaves those layers alone",
+            )
+            return None
+        if plan.factor == 1.0:
+            return None
+        reduced = downsample_tokens(x, plan.grid, plan.factor, state.config.method)
+        state.stats["downsampled"] += 1
+        return reduced
+    except Exception:
+        state.stats["errors"] += 1
+        state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
+        return None
+
+
+def _unet_pre_hook(state: PassState) -> _ToDoHook:
     def read_latent(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         try:
             latent = args[0] if args else kwargs["x"]
@@ -187,12 +333,9 @@ def _unet_pre_hook(state: _PassState) -> _ToDoHook:
     return _ToDoHook(read_latent)
 
 
-def _attn1_pre_hook(state: _PassState, level: int) -> _ToDoHook:
+def _attn1_pre_hook(state: PassState, level: int) -> _ToDoHook:
     def swap_context(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if not state.active:
-            return None
-        plan = state.plans.get(level)
-        if plan is None or plan.factor == 1.0:
+        if not state.may_downsample(level):
             return None
         try:
             x = args[0] if args else kwargs["x"]
@@ -203,20 +346,12 @@ def _attn1_pre_hook(state: _PassState, level: int) -> _ToDoHook:
                 state.stats["passed_through"] += 1
                 state.warn_once("tiled", "Hypertile tiles this self-attention, so ToDo leaves those layers alone")
                 return None
-            if x.dim() != 3 or x.shape[0] != state.batch or x.shape[1] != plan.tokens:
-                state.stats["passed_through"] += 1
-                state.warn_once(
-                    "mismatch",
-                    f"self-attention at latent/{2**level} got {tuple(x.shape)} where ToDo expected "
-                    f"({state.batch}, {plan.tokens}, C); another patch (Token merging, Hypertile?) changed the "
-                    "tokens, so ToDo leaves those layers alone",
-                )
+            reduced = kv_context(x, level, state)
+            if reduced is None:
                 return None
-            reduced = downsample_tokens(x, plan.grid, plan.factor, state.config.method)
             extra = kwargs.get("additional_tokens")
             if extra is not None:
                 reduced = torch.cat([extra, reduced], dim=1)
-            state.stats["downsampled"] += 1
             if len(args) > 1:
                 return (args[0], reduced, *args[2:]), kwargs
             return args, {**kwargs, "context": reduced}
@@ -231,7 +366,7 @@ def _attn1_pre_hook(state: _PassState, level: int) -> _ToDoHook:
 class ToDoHandle:
     """The hooks one `apply` added; `remove()` takes exactly those off again."""
 
-    def __init__(self, unet: nn.Module, config: ToDoConfig, state: _PassState, hooks: list[RemovableHandle]):
+    def __init__(self, unet: nn.Module, config: ToDoConfig, state: PassState, hooks: list[RemovableHandle]):
         self.unet = unet
         self.config = config
         self._state = state
@@ -259,7 +394,7 @@ def apply(unet: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None
     blocks = _self_attention_levels(unet)
     levels = _distinct_levels(blocks)
     remove(unet)
-    state = _PassState(config, levels, set() if warned is None else warned)
+    state = PassState(config, levels, set() if warned is None else warned)
     hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state), with_kwargs=True)]
     for block, level in blocks:
         depth = levels.index(level)

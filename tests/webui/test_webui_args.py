@@ -27,7 +27,7 @@ def test_field_list_is_the_dataclass_in_ui_order():
 
 
 def test_positional_args_in_ui_order():
-    values = [True, 0.89, 1, True, 2048, "avg-pool", 0.1, 0.9, "own", 0.9375, True]
+    values = [True, 0.89, 1, True, 2048, "avg-pool", 0.1, 0.9, "own", 0.9375, True, 0.5]
     parsed = parse_script_args(values)
     assert parsed.to_list() == values
 

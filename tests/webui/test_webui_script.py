@@ -223,7 +223,8 @@ def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
     finally:
         scripts.scripts_data.clear()
     labels = [opt.label for opt in xyz_grid.axis_options]
-    assert labels == ["[ToDo] Enabled", "[ToDo] Ratio", "[ToDo] Hires ratio", "[ToDo] Max depth", "[ToDo] Method"]
+    assert labels == ["[ToDo] Enabled", "[ToDo] Ratio", "[ToDo] Hires ratio", "[ToDo] Max depth",
+                      "[ToDo] Deeper ratio", "[ToDo] Method"]
     axes = {opt.label: opt for opt in xyz_grid.axis_options}
     with pytest.raises(ValueError, match="invalid method"):
         axes["[ToDo] Method"].confirm(None, ["nearest", "cubic"])

@@ -66,3 +66,13 @@ def paste_values(paste_fields, params):
             val = valtype(v)
         res.append(val)
     return res
+
+
+def paste(paste_fields, line):
+    """Mirrors connect_paste.paste_func: parse the parameters, run the infotext_pasted callbacks (which may add
+    keys), then the per-field loop."""
+    from modules import script_callbacks
+
+    params = parse_parameters_line(line)
+    script_callbacks.infotext_pasted_callback(line, params)
+    return paste_values(paste_fields, params)

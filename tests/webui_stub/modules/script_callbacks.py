@@ -6,6 +6,7 @@ callback_map = {
     "callbacks_before_ui": [],
     "callbacks_script_unloaded": [],
     "callbacks_cfg_denoiser": [],
+    "callbacks_infotext_pasted": [],
 }
 
 
@@ -54,6 +55,17 @@ def on_cfg_denoiser(callback, *, name=None):
     """Mirrors script_callbacks.on_cfg_denoiser: callback(params) in CFGDenoiser.forward before every U-Net call
     (after sd_samplers_common.apply_refiner may have loaded the refiner)."""
     callback_map["callbacks_cfg_denoiser"].append(callback)
+
+
+def on_infotext_pasted(callback, *, name=None):
+    """Mirrors script_callbacks.on_infotext_pasted: callback(infotext, params) may change the parsed params."""
+    callback_map["callbacks_infotext_pasted"].append(callback)
+
+
+def infotext_pasted_callback(infotext, params):
+    """Mirrors script_callbacks.infotext_pasted_callback."""
+    for callback in callback_map["callbacks_infotext_pasted"]:
+        callback(infotext, params)
 
 
 def cfg_denoiser_callback(params):
