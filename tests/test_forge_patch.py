@@ -180,7 +180,7 @@ def test_a_failure_inside_the_patch_falls_back_to_exact_attention(monkeypatch, c
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(forge, "downsample_tokens", broken)
+    monkeypatch.setattr(todo_ext.patch, "downsample_tokens", broken)
     x, _, context = unet_inputs(unet, 1, 16, 16)
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         out = forge_run(sd_model, x, 500, context)

@@ -19,7 +19,6 @@ reads the calling block's replacement table and its attn1 patch list from the ca
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -29,10 +28,7 @@ import torch
 from torch import nn
 
 from ..config import ToDoConfig
-from ..downsample import downsample_tokens
-from ..patch import TRAIN_TIMESTEPS, LevelPlan, attention_levels_by_block, plan_kv_tokens
-
-log = logging.getLogger("todo_ext")
+from ..patch import TRAIN_TIMESTEPS, PassState, attention_levels_by_block, kv_context
 
 PATCH_FLAG = "is_todo_patch"
 """Attribute that marks ToDo's attn1 patch function, so a second apply in the same pass replaces it."""
@@ -71,54 +67,43 @@ def has_todo_patch(sd_model: Any) -> bool:
 
 
 class _PatchState:
-    """What ToDo's patch knows for one pass: the config, the level of each block, and its counters."""
+    """What ToDo's patch knows for one pass: the level of each block, the model's sigma -> timestep conversion,
+    and the engine's per-call state (`todo_ext.PassState`), which every host's attention calls share."""
 
     def __init__(self, config: ToDoConfig, block_levels: dict[tuple[str, int], int],
                  timestep_of: Callable[[torch.Tensor], torch.Tensor] | None, warned: set[str]):
         self.config = config
         self.block_levels = block_levels
-        self.levels = tuple(sorted(set(block_levels.values())))
-        self.touched_levels = {level for depth, level in enumerate(self.levels) if depth <= config.max_depth}
+        levels = tuple(sorted(set(block_levels.values())))
+        self.touched_levels = {level for depth, level in enumerate(levels) if depth <= config.max_depth}
         self.timestep_of = timestep_of
         self.active = True
-        self.stats = {"downsampled": 0, "passed_through": 0, "errors": 0}
-        self._plans: dict[tuple[int, int], dict[int, LevelPlan]] = {}
-        self._warned = warned
+        self.calls = PassState(config, levels, warned)
 
-    def warn_once(self, kind: str, message: str, *, error: bool = False) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            log.warning("ToDo: %s", message, exc_info=error)
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.calls.stats
 
     def step_aside(self, kind: str, message: str) -> None:
-        self.stats["passed_through"] += 1
-        self.warn_once(kind, message)
+        self.calls.stats["passed_through"] += 1
+        self.calls.warn_once(kind, message)
 
-    def plans_for(self, latent_height: int, latent_width: int) -> dict[int, LevelPlan]:
-        key = (latent_height, latent_width)
-        if key not in self._plans:
-            plans = plan_kv_tokens(self.config, latent_height, latent_width, self.levels)
-            self._plans[key] = {plan.level: plan for plan in plans}
-        return self._plans[key]
-
-    def in_step_window(self, sigmas: Any) -> bool:
-        """Progress through the noise schedule from the timestep the U-Net gets for these sigmas (the A1111
-        hooks read that timestep directly)."""
-        if not self.config.has_step_window:
-            return True
-        if sigmas is None or self.timestep_of is None:
-            self.warn_once("no-timestep", "the U-Net call has no sigma/timestep; the step window is ignored")
-            return True
+    def progress(self, sigmas: Any) -> float | None:
+        """Progress through the noise schedule, from the timestep the U-Net gets for these sigmas (the A1111
+        hooks read that timestep directly); None where the call has no sigmas."""
+        if not self.config.has_step_window or sigmas is None or self.timestep_of is None:
+            return None
         timestep = self.timestep_of(torch.as_tensor(sigmas).flatten()[:1])
-        progress = 1.0 - float(timestep.flatten()[0]) / (TRAIN_TIMESTEPS - 1)
-        return self.config.covers(min(1.0, max(0.0, progress)))
+        return 1.0 - float(timestep.flatten()[0]) / (TRAIN_TIMESTEPS - 1)
 
     def apply(self, n: torch.Tensor, context: torch.Tensor | None, value: torch.Tensor | None, level: int,
               extra_options: dict, caller: FrameType | None, patch: Callable) -> tuple:
         unchanged = (n, context, value)
-        block = tuple(extra_options.get("block") or ())
-        if not self.in_step_window(extra_options.get("sigmas")):
+        batch, _channels, latent_height, latent_width = extra_options["original_shape"]
+        self.calls.begin(int(batch), (latent_height, latent_width), self.progress(extra_options.get("sigmas")))
+        if not self.calls.may_downsample(level):
             return unchanged
+        block = tuple(extra_options.get("block") or ())
         replacements, patch_list = _caller_tables(caller)
         if replacements is None:
             if block[:1] == ("middle",):
@@ -141,20 +126,9 @@ class _PatchState:
         if n.shape[0] != tokens.shape[0]:
             self.step_aside("tiled", "Hypertile tiles this self-attention, so ToDo leaves those layers alone")
             return unchanged
-        batch, _channels, latent_height, latent_width = extra_options["original_shape"]
-        plan = self.plans_for(int(latent_height), int(latent_width)).get(level)
-        if plan is None or plan.factor == 1.0:
+        reduced = kv_context(tokens, level, self.calls)
+        if reduced is None:
             return unchanged
-        if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[1] != plan.tokens:
-            self.step_aside(
-                "mismatch",
-                f"self-attention at latent/{2**level} got {tuple(tokens.shape)} where ToDo expected "
-                f"({batch}, {plan.tokens}, C); another patch (Token merging, Hypertile?) changed the tokens, so "
-                "ToDo leaves those layers alone",
-            )
-            return unchanged
-        reduced = downsample_tokens(tokens, plan.grid, plan.factor, self.config.method)
-        self.stats["downsampled"] += 1
         return n, reduced, reduced
 
 
@@ -189,7 +163,7 @@ def _make_patch(state: _PatchState) -> Callable:
             return state.apply(n, context, value, level, extra_options, sys._getframe(1), todo_attn1_patch)
         except Exception:
             state.stats["errors"] += 1
-            state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
+            state.calls.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
             return n, context, value
 
     todo_attn1_patch.state = state
@@ -208,6 +182,7 @@ class ForgeHandle:
 
     @property
     def stats(self) -> dict[str, int]:
+        """Counts of attention calls downsampled, passed through (another patch or replacement), failed over."""
         return dict(self._state.stats)
 
     def remove(self) -> None:
