@@ -106,6 +106,26 @@ def test_invalid_args_rejected_before_generation(args):
     assert call("/sdapi/v1/txt2img", {**BASE, "steps": 1})[0] == 200
 
 
+def test_todo_with_the_hosts_token_merging_acts_or_says_why():
+    """Never silently nothing: with Token merging on, ToDo either changes the image without a note (Forge and
+    reForge: it composes) or adds a note that it stepped aside (A1111). The option is reset through
+    /sdapi/v1/options afterwards (reForge does not restore an override_settings of it)."""
+    status, options = call("/sdapi/v1/options")
+    assert status == 200
+    previous = options.get("token_merging_ratio", 0.0)
+    assert call("/sdapi/v1/options", {"token_merging_ratio": 0.5})[0] == 200
+    try:
+        merged, _ = txt2img(steps=2)
+        image, infotext = txt2img(ToDoArgs(enabled=True).to_list(), steps=2)
+    finally:
+        assert call("/sdapi/v1/options", {"token_merging_ratio": previous})[0] == 200
+    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}:" in infotext
+    if INFOTEXT_NOTE_KEY in infotext:
+        assert "stepped aside" in infotext.split(INFOTEXT_NOTE_KEY)[1]
+    else:
+        assert pixels(image) != pixels(merged)
+
+
 def test_infotext_round_trip_through_png_info():
     args = ToDoArgs(enabled=True, ratio=0.89, max_depth=1, method="avg-pool", start=0.0, end=0.8,
                     hires_mode="off")
