@@ -93,12 +93,14 @@ def test_a_clone_made_after_the_patch_keeps_it_working():
                                atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("model_class", [forge_host.KModel, forge_host.BaseModel], ids=["forge", "reforge"])
 @pytest.mark.parametrize("timestep", [999, 700, 400, 100])
-def test_the_step_window_means_what_it_means_with_the_hooks(timestep):
+def test_the_step_window_means_what_it_means_with_the_hooks(timestep, model_class):
     unet = build_unet("sd15", width=32)
     config = todo_ext.ToDoConfig(start=0.2, end=0.5)
     x, _, context = unet_inputs(unet, 1, 16, 16)
-    sd_model, handle = attached(unet, config)
+    sd_model = forge_host.ForgeDiffusionEngine(unet, model_class)
+    handle = forge.attach(sd_model, config, set())
     torch.testing.assert_close(forge_run(sd_model, x, timestep, context),
                                hooks_run(unet, config, x, timestep, context), atol=1e-5, rtol=1e-4)
     assert (handle.stats["downsampled"] > 0) == config.covers(1 - timestep / 999)

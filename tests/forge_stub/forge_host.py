@@ -63,6 +63,20 @@ class KModel(nn.Module):
         return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options)
 
 
+class BaseModel(nn.Module):
+    """Mirrors reForge's ldm_patched/modules/model_base.py BaseModel: as KModel, with the schedule kept as
+    `model_sampling` (ldm_patched/modules/model_sampling.py ModelSamplingDiscrete: the same `timestep(sigma)`)."""
+
+    def __init__(self, diffusion_model):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.model_sampling = Prediction()
+
+    def apply_model(self, x, sigma, context, transformer_options):
+        timestep = self.model_sampling.timestep(sigma).float()
+        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options)
+
+
 def set_model_options_patch_replace(model_options, patch, name, block_name, number, transformer_index=None):
     """Mirrors backend/patcher/base.py set_model_options_patch_replace (copies transformer_options first)."""
     to = model_options["transformer_options"].copy()
@@ -123,8 +137,8 @@ class ForgeDiffusionEngine:
     """Mirrors backend/diffusion_engine/base.py ForgeDiffusionEngine as scripts see it: `forge_objects` and the
     copy the host resets it from before every pass; no `.model`."""
 
-    def __init__(self, diffusion_model):
-        self.forge_objects = ForgeObjects(UnetPatcher(KModel(diffusion_model)))
+    def __init__(self, diffusion_model, model_class=KModel):
+        self.forge_objects = ForgeObjects(UnetPatcher(model_class(diffusion_model)))
         self.forge_objects_original = self.forge_objects.shallow_copy()
         self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
 
@@ -245,7 +259,9 @@ def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), mode
 
 def sigma_at_timestep(sd_model, timestep):
     """The sigma whose U-Net timestep is `timestep`, for a batch of one."""
-    return sd_model.forge_objects.unet.model.predictor.sigmas[int(timestep)].reshape(1)
+    model = sd_model.forge_objects.unet.model
+    schedule = model.predictor if hasattr(model, "predictor") else model.model_sampling
+    return schedule.sigmas[int(timestep)].reshape(1)
 
 
 class TomePatcher:
