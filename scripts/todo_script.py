@@ -1,6 +1,8 @@
-"""AUTOMATIC1111 WebUI glue for ToDo: UI, per-pass hooks, infotext, settings, X/Y/Z axes, API validation.
+"""WebUI glue for ToDo (AUTOMATIC1111, Forge, reForge): UI, per-pass attach, infotext, settings, X/Y/Z axes,
+API validation.
 
-Thin on purpose: argument handling lives in todo_ext.args, the hooks in the todo_ext engine.
+Thin on purpose: argument handling lives in todo_ext.args, the engine in todo_ext, and how ToDo attaches to each
+host's U-Net in todo_ext.hosts (hooks on A1111, the U-Net patcher's attn1 patch on Forge and reForge).
 """
 
 import html
@@ -11,10 +13,10 @@ import gradio as gr
 from modules import script_callbacks, scripts, sd_unet, shared
 from modules.infotext_utils import PasteField
 from modules.ui_components import InputAccordion
-from torch import nn
 
 import todo_ext
 from todo_ext import args as todo_args
+from todo_ext import hosts
 from todo_ext.api_validation import SCRIPT_TITLE, ToDoRequestValidator
 
 XYZ_AXIS_PREFIX = "[ToDo] "
@@ -23,19 +25,21 @@ SETTINGS_SECTION = ("todo", "ToDo")
 _hooked_unets = weakref.WeakSet()
 """Every U-Net this extension hooked, so cleanup also reaches a model that was swapped out mid-job."""
 
-
-def _unet_of(sd_model):
-    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
-    return unet if isinstance(unet, nn.Module) else None
+_forge_handles = weakref.WeakSet()
+"""ToDo patches put on Forge/reForge U-Net patchers, turned off at cleanup in case a patched clone outlives its job."""
 
 
 def remove_all_hooks(sd_model=None) -> int:
-    """Take ToDo off every U-Net hooked so far and off `sd_model`'s, whatever happened to the last job."""
+    """Take ToDo off every U-Net hooked so far and off `sd_model`'s, whatever happened to the last job; turn off
+    every Forge-style patch made so far."""
     unets = list(_hooked_unets)
-    current = _unet_of(sd_model)
+    current = hosts.a1111.unet_of(sd_model)
     if current is not None:
         unets.append(current)
     _hooked_unets.clear()
+    for handle in list(_forge_handles):
+        handle.remove()
+    _forge_handles.clear()
     return sum(todo_ext.remove(unet) for unet in unets)
 
 
@@ -143,17 +147,19 @@ class ToDoScript(scripts.Script):
         p.todo_pass_config = config
         if config is None:
             return
-        if not hook_unet(p, config):
+        unet = hook_unet(p, config)
+        if unet is None:
             return
-        unet = _unet_of(sd_model)
         latent_height, latent_width = self._latent_size(p, kwargs.get("x"), is_hires)
         plans = todo_ext.plan_kv_tokens(config, latent_height, latent_width, todo_ext.attention_levels(unet))
         summary = todo_args.kv_summary(plans)
         kv_key = todo_args.INFOTEXT_HIRES_KV_KEY if is_hires else todo_args.INFOTEXT_FIRST_PASS_KV_KEY
+        repeated = p.extra_generation_params.get(kv_key) == summary  # Forge's second call in the hires pass
         p.extra_generation_params.update(todo_args.infotext_params(job_args))
         p.extra_generation_params[kv_key] = summary
         p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = p.todo_note
-        print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
+        if not repeated:
+            print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
 
     def postprocess(self, p, processed, *args):
         remove_all_hooks(getattr(p, "sd_model", None))
@@ -193,36 +199,48 @@ def _step_aside(p, note, reason):
     p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
 
 
-def hook_unet(p, config) -> bool:
-    """Apply `config` to the U-Net of the model loaded now; False (with one warning and a note) where ToDo cannot."""
+def hook_unet(p, config):
+    """Attach `config` to the U-Net of the model loaded now, the host's way (hosts.adapter_for); returns that
+    U-Net, or None (with one warning and a note) where ToDo cannot act."""
     note = _note_of(p)
-    unet = _unet_of(getattr(p, "sd_model", None))
+    sd_model = getattr(p, "sd_model", None)
+    adapter = hosts.adapter_for(sd_model)
+    unet = adapter.unet_of(sd_model)
     if unet is None:
         _step_aside(p, note, "the loaded model has no torch U-Net")
-        return False
-    if sd_unet.current_unet is not None:
+        return None
+    if adapter is hosts.a1111 and sd_unet.current_unet is not None:
         _step_aside(p, note, "an alternative U-Net (e.g. TensorRT) runs instead of the torch one")
-        return False
+        return None
     try:
-        handle = todo_ext.apply(unet, config, warned=note.warned)
+        handle = adapter.attach(sd_model, config, note.warned)
     except todo_ext.UnsupportedModelError:
-        _step_aside(p, note, "model not supported (needs SD1.x/SD2.x/SDXL attention)")
-        return False
-    _hooked_unets.add(unet)
+        _step_aside(p, note, f"model not supported ({type(unet).__name__}; needs SD1.x/SD2.x/SDXL attention)")
+        return None
+    if adapter is hosts.forge:
+        _forge_handles.add(handle)
+    else:
+        _hooked_unets.add(unet)
     note.handles.append(handle)
-    return True
+    return unet
+
+
+def _attached(sd_model):
+    if hosts.forge.is_forge_model(sd_model):
+        return hosts.forge.has_todo_patch(sd_model)
+    unet = hosts.a1111.unet_of(sd_model)
+    return unet is None or unet in _hooked_unets
 
 
 def follow_model_switch(params):
     """The refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) and no script
-    hook runs then; the denoiser callback that follows, before the next U-Net call, hooks the new U-Net."""
+    hook runs then; the denoiser callback that follows, before the next U-Net call, attaches to the new U-Net
+    (Forge reads `forge_objects.unet` anew for every step)."""
     p = getattr(params.denoiser, "p", None)
     config = getattr(p, "todo_pass_config", None)
-    if config is None:
+    if config is None or _attached(getattr(p, "sd_model", None)):
         return
-    unet = _unet_of(getattr(p, "sd_model", None))
-    if unet is not None and unet not in _hooked_unets:
-        hook_unet(p, config)
+    hook_unet(p, config)
 
 
 def on_ui_settings():

@@ -424,3 +424,22 @@ def remove(unet: nn.Module) -> int:
                 module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
                 removed += 1
     return removed
+
+
+def attention_levels_by_block(unet: nn.Module) -> dict[tuple[str, int], int]:
+    """Level of the self-attention in each U-Net block, keyed the way Forge-style hosts name the block they are
+    running (`transformer_options["block"]`): ("input", i), ("middle", 0), ("output", i)."""
+    _self_attention_levels(unet)
+    named_blocks = [
+        *((("input", index), block) for index, block in enumerate(unet.input_blocks)),
+        (("middle", 0), unet.middle_block),
+        *((("output", index), block) for index, block in enumerate(unet.output_blocks)),
+    ]
+    found = {}
+    level = 0
+    for key, block in named_blocks:
+        for layer in block.children():
+            if any(_is_a(module, "BasicTransformerBlock") for module in layer.modules()):
+                found[key] = level
+            level += _resolution_change(layer)
+    return found

@@ -1,0 +1,364 @@
+"""Stand-in of the WebUI Forge pieces that ToDo's glue and attn1 patch rely on, driving a real ldm UNetModel.
+
+CI cannot install Forge, so each piece below names the Forge file and function it mirrors (Forge main `dfdcbab6`).
+reForge (`3b56b268`) has the same patch channel (modules_forge/unet_patcher.py,
+ldm_patched/modules/model_patcher.py) and runs attn1 patches the same way (ldm_patched/ldm/modules/attention.py
+BasicTransformerBlock.forward), with the same local names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class Prediction(nn.Module):
+    """Mirrors backend/modules/k_prediction.py Prediction (eps, linear schedule 0.00085..0.012, 1000 steps):
+    the sigma <-> timestep conversion that KModel.apply_model and Kohya's hrfix use."""
+
+    def __init__(self, linear_start=0.00085, linear_end=0.012, timesteps=1000):
+        super().__init__()
+        betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.register_buffer("sigmas", sigmas.float())
+        self.register_buffer("log_sigmas", sigmas.log().float())
+
+    def timestep(self, sigma):
+        """Mirrors Prediction.timestep: the index of the nearest log-sigma."""
+        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+
+    def sigma(self, timestep):
+        """Mirrors Prediction.sigma: log-linear interpolation between schedule entries."""
+        t = torch.clamp(timestep.float(), min=0, max=len(self.sigmas) - 1)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+    def percent_to_sigma(self, percent):
+        """Mirrors Prediction.percent_to_sigma."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
+
+
+class KModel(nn.Module):
+    """Mirrors backend/modules/k_model.py KModel: `diffusion_model`, `predictor`, and `apply_model`, which hands
+    the U-Net `predictor.timestep(sigma)` (the input/output scaling is left out: ToDo never sees it)."""
+
+    def __init__(self, diffusion_model):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.predictor = Prediction()
+
+    def apply_model(self, x, sigma, context, transformer_options):
+        timestep = self.predictor.timestep(sigma).float()
+        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options)
+
+
+class BaseModel(nn.Module):
+    """Mirrors reForge's ldm_patched/modules/model_base.py BaseModel: as KModel, with the schedule kept as
+    `model_sampling` (ldm_patched/modules/model_sampling.py ModelSamplingDiscrete: the same `timestep(sigma)`)."""
+
+    def __init__(self, diffusion_model):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.model_sampling = Prediction()
+
+    def apply_model(self, x, sigma, context, transformer_options):
+        timestep = self.model_sampling.timestep(sigma).float()
+        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options)
+
+
+def set_model_options_patch_replace(model_options, patch, name, block_name, number, transformer_index=None):
+    """Mirrors backend/patcher/base.py set_model_options_patch_replace (copies transformer_options first)."""
+    to = model_options["transformer_options"].copy()
+    to["patches_replace"] = dict(to.get("patches_replace", {}))
+    to["patches_replace"][name] = dict(to["patches_replace"].get(name, {}))
+    block = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+    to["patches_replace"][name][block] = patch
+    model_options["transformer_options"] = to
+    return model_options
+
+
+class UnetPatcher:
+    """Mirrors backend/patcher/unet.py UnetPatcher (with backend/patcher/base.py ModelPatcher): the patch channel."""
+
+    def __init__(self, model):
+        self.model = model
+        self.model_options = {"transformer_options": {}}
+
+    def clone(self):
+        """Mirrors UnetPatcher.clone: same model, deep-copied model_options."""
+        clone = UnetPatcher(self.model)
+        clone.model_options = copy.deepcopy(self.model_options)
+        return clone
+
+    def set_model_patch(self, patch, name):
+        """Mirrors ModelPatcher.set_model_patch: appends to transformer_options["patches"][name]."""
+        to = self.model_options["transformer_options"]
+        if "patches" not in to:
+            to["patches"] = {}
+        to["patches"][name] = [*to["patches"].get(name, []), patch]
+
+    def set_model_attn1_patch(self, patch):
+        """Mirrors ModelPatcher.set_model_attn1_patch."""
+        self.set_model_patch(patch, "attn1_patch")
+
+    def set_model_attn1_output_patch(self, patch):
+        """Mirrors ModelPatcher.set_model_attn1_output_patch."""
+        self.set_model_patch(patch, "attn1_output_patch")
+
+    def set_model_attn1_replace(self, patch, block_name, number, transformer_index=None):
+        """Mirrors ModelPatcher.set_model_attn1_replace."""
+        self.model_options = set_model_options_patch_replace(self.model_options, patch, "attn1", block_name, number,
+                                                             transformer_index)
+
+
+class ForgeObjects:
+    """Mirrors backend/diffusion_engine/base.py ForgeObjects (the U-Net part)."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def shallow_copy(self):
+        """Mirrors ForgeObjects.shallow_copy."""
+        return ForgeObjects(self.unet)
+
+
+class ForgeDiffusionEngine:
+    """Mirrors backend/diffusion_engine/base.py ForgeDiffusionEngine as scripts see it: `forge_objects` and the
+    copy the host resets it from before every pass; no `.model`."""
+
+    def __init__(self, diffusion_model, model_class=KModel):
+        self.forge_objects = ForgeObjects(UnetPatcher(model_class(diffusion_model)))
+        self.forge_objects_original = self.forge_objects.shallow_copy()
+        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+
+
+def _attention(q, k, v, heads):
+    """Mirrors backend/attention.py attention_function (heads split, softmax attention, heads merged)."""
+    batch, _, inner = q.shape
+    q, k, v = (t.view(batch, -1, heads, inner // heads).transpose(1, 2) for t in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).reshape(batch, -1, inner)
+
+
+def _transformer_block_forward(self, x, context=None, transformer_options=None):
+    """Mirrors backend/nn/unet.py BasicTransformerBlock._forward (local names kept: ToDo's patch reads
+    `transformer_patches_replace` and `patch` from this frame) on an ldm BasicTransformerBlock's modules."""
+    transformer_options = transformer_options or {}
+    extra_options = {}
+    block = transformer_options.get("block", None)
+    block_index = transformer_options.get("block_index", 0)
+    transformer_patches = {}
+    transformer_patches_replace = {}
+    for k in transformer_options:
+        if k == "patches":
+            transformer_patches = transformer_options[k]
+        elif k == "patches_replace":
+            transformer_patches_replace = transformer_options[k]
+        else:
+            extra_options[k] = transformer_options[k]
+    extra_options["n_heads"] = self.attn1.heads
+    n = self.norm1(x)
+    context_attn1 = None
+    value_attn1 = None
+    if "attn1_patch" in transformer_patches:
+        patch = transformer_patches["attn1_patch"]
+        if context_attn1 is None:
+            context_attn1 = n
+        value_attn1 = context_attn1
+        for p in patch:
+            n, context_attn1, value_attn1 = p(n, context_attn1, value_attn1, extra_options)
+    transformer_block = None if block is None else (block[0], block[1], block_index)
+    attn1_replace_patch = transformer_patches_replace.get("attn1", {})
+    block_attn1 = transformer_block if transformer_block in attn1_replace_patch else block
+    if context_attn1 is None:
+        context_attn1 = n
+        value_attn1 = n
+    q = self.attn1.to_q(n)
+    k = self.attn1.to_k(context_attn1)
+    v = self.attn1.to_v(value_attn1)
+    if block_attn1 in attn1_replace_patch:
+        n = attn1_replace_patch[block_attn1](q, k, v, extra_options)
+    else:
+        n = _attention(q, k, v, self.attn1.heads)
+    n = self.attn1.to_out(n)
+    if "attn1_output_patch" in transformer_patches:
+        for p in transformer_patches["attn1_output_patch"]:
+            n = p(n, extra_options)
+    x = x + n
+    x = self.attn2(self.norm2(x), context=context) + x
+    return self.ff(self.norm3(x)) + x
+
+
+_options_of_call: list[dict] = []
+
+
+@contextlib.contextmanager
+def _forge_layout(unet: nn.Module) -> Iterator[None]:
+    """Makes a real ldm UNetModel keep transformer_options as Forge's IntegratedUNet2DConditionModel.forward does
+    (backend/nn/unet.py): `original_shape` per call, `block` per input/middle/output block, `block_index` per
+    transformer block (SpatialTransformer.forward), and runs each BasicTransformerBlock as Forge's."""
+    handles = []
+    named = [*((("input", i), b) for i, b in enumerate(unet.input_blocks)), (("middle", 0), unet.middle_block),
+             *((("output", i), b) for i, b in enumerate(unet.output_blocks))]
+    for key, block in named:
+        handles.append(block.register_forward_pre_hook(
+            lambda _m, _a, key=key: _options_of_call[-1].__setitem__("block", key)))
+    originals = []
+    for module in unet.modules():
+        if type(module).__name__ == "SpatialTransformer":
+            for index, transformer in enumerate(module.transformer_blocks):
+                def forward(x, context=None, transformer=transformer, index=index):
+                    options = _options_of_call[-1]
+                    options["block_index"] = index
+                    return _transformer_block_forward(transformer, x, context, options)
+                originals.append(transformer)
+                transformer.forward = forward
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for transformer in originals:
+            del transformer.forward
+
+
+def forge_unet_call(unet, x, timestep, context, transformer_options):
+    """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward)."""
+    transformer_options["original_shape"] = list(x.shape)
+    transformer_options["transformer_index"] = 0
+    if not hasattr(unet, "input_blocks"):  # Flux, SD3: their own forward (backend/nn/flux.py, mmditx.py)
+        return unet(x, timestep, context)
+    _options_of_call.append(transformer_options)
+    try:
+        with _forge_layout(unet):
+            return unet(x, timestep, context)
+    finally:
+        _options_of_call.pop()
+
+
+def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), model_options=None):
+    """Mirrors backend/sampling/sampling_function.py calc_cond_uncond_batch's transformer_options: a copy of the
+    patcher's, plus `cond_or_uncond` and `sigmas` (the k-diffusion sigma of each batch entry)."""
+    model_options = patcher.model_options if model_options is None else model_options
+    transformer_options = model_options["transformer_options"].copy()
+    transformer_options["cond_or_uncond"] = list(cond_or_uncond)
+    transformer_options["sigmas"] = sigma
+    return patcher.model.apply_model(x, sigma, context, transformer_options)
+
+
+def sigma_at_timestep(sd_model, timestep):
+    """The sigma whose U-Net timestep is `timestep`, for a batch of one."""
+    model = sd_model.forge_objects.unet.model
+    schedule = model.predictor if hasattr(model, "predictor") else model.model_sampling
+    return schedule.sigmas[int(timestep)].reshape(1)
+
+
+class TomePatcher:
+    """Mirrors backend/misc/tomesd.py TomePatcher (and reForge's ldm_patched/contrib/nodes_tomesd.py): an attn1
+    patch that merges the queries only (K/V stay the full tokens) and an output patch that unmerges."""
+
+    def __init__(self):
+        self.unmerge = None
+
+    def patch(self, model, ratio):
+        from tomesd.merge import bipartite_soft_matching_random2d
+
+        def tomesd_m(q, k, v, extra_options):
+            _, _, height, width = extra_options["original_shape"]
+            if math.ceil(math.sqrt(height * width // q.shape[1])) > 1:
+                self.unmerge = lambda y: y
+                return q, k, v
+            merge, self.unmerge = bipartite_soft_matching_random2d(q, width, height, 2, 2, int(q.shape[1] * ratio),
+                                                                   no_rand=True)
+            return merge(q), k, v
+
+        def tomesd_u(n, extra_options):
+            return self.unmerge(n)
+
+        m = model.clone()
+        m.set_model_attn1_patch(tomesd_m)
+        m.set_model_attn1_output_patch(tomesd_u)
+        return m
+
+
+def apply_token_merging(sd_model, ratio):
+    """Mirrors modules/sd_models.py apply_token_merging (Forge and reForge)."""
+    if ratio > 0:
+        sd_model.forge_objects.unet = TomePatcher().patch(sd_model.forge_objects.unet, ratio)
+
+
+def hypertile_patch(patcher, tiles_per_side=2):
+    """Mirrors reForge's ldm_patched/contrib/nodes_hypertile.py HyperTile.patch at depth 0 with a fixed tiling: the
+    queries are split into tiles (the batch grows), K/V are left as they were."""
+    state = {}
+
+    def hypertile_in(q, k, v, extra_options):
+        _, _, height, width = extra_options["original_shape"]
+        if q.shape[1] != height * width:
+            return q, k, v
+        t = tiles_per_side
+        b, _, c = q.shape
+        q = q.view(b, t, height // t, t, width // t, c).permute(0, 1, 3, 2, 4, 5).reshape(b * t * t, -1, c)
+        state["tiled"] = (b, height, width)
+        return q, k, v
+
+    def hypertile_out(out, extra_options):
+        if "tiled" not in state:
+            return out
+        b, height, width = state.pop("tiled")
+        t = tiles_per_side
+        out = out.view(b, t, t, height // t, width // t, out.shape[-1]).permute(0, 1, 3, 2, 4, 5)
+        return out.reshape(b, height * width, -1)
+
+    m = patcher.clone()
+    m.set_model_attn1_patch(hypertile_in)
+    m.set_model_attn1_output_patch(hypertile_out)
+    return m
+
+
+def pag_attention(q, k, v, extra_options):
+    """Mirrors extensions-builtin/sd_forge_perturbed_attention attn_proc: the identity attention, returns V."""
+    return v
+
+
+def process_images(p, sample, *, token_merging_ratio=0.0):
+    """Mirrors the Forge order in modules/processing.py (StableDiffusionProcessingTxt2Img.sample and
+    sample_hr_pass): before every pass `forge_objects` is reset from `forge_objects_after_applying_lora`, Token
+    merging is applied, then scripts' `process_before_every_sampling` run; the hires pass runs it once more
+    *before* that reset (on the first pass's objects). `sample(p, x)` stands in for the sampler."""
+    from modules import processing  # the WebUI stand-in's (tests/webui_stub), for the infotext
+
+    p.scripts.before_process(p)
+    images, infotexts = [], []
+    generator = torch.Generator().manual_seed(p.seed)
+    for _ in range(p.n_iter):
+        x = torch.randn(1, 4, -(-p.height // 8), -(-p.width // 8), generator=generator)
+        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+        apply_token_merging(p.sd_model, token_merging_ratio)
+        p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
+        samples = sample(p, x)
+        if p.enable_hr:
+            p.is_hr_pass = True
+            x = torch.randn(1, 4, -(-p.hr_upscale_to_y // 8), -(-p.hr_upscale_to_x // 8), generator=generator)
+            p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
+            p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+            apply_token_merging(p.sd_model, token_merging_ratio)
+            p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
+            samples = sample(p, x)
+            p.is_hr_pass = False
+        images.append(samples)
+        infotexts.append(processing.create_infotext(p))
+    processed = processing.Processed(p, images, infotexts)
+    p.scripts.postprocess(p, processed)
+    return processed

@@ -1,0 +1,147 @@
+"""scripts/todo_script.py on a Forge-style host: the WebUI stand-in (tests/webui_stub) for the script API and the
+Forge stand-in (tests/forge_stub) for `forge_objects`, the U-Net patcher and Forge's pass order."""
+
+import types
+
+import pytest
+import torch
+from forge_stub import forge_host
+
+from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_HIRES_KV_KEY, INFOTEXT_NOTE_KEY, ToDoArgs
+from todo_ext.bench.models import build_unet
+from todo_ext.hosts import forge
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return build_unet("sd15", width=32)
+
+
+def todo_patches(sd_model):
+    options = sd_model.forge_objects.unet.model_options["transformer_options"]
+    return [patch for patch in options.get("patches", {}).get("attn1_patch", []) if getattr(patch, forge.PATCH_FLAG,
+                                                                                            False)]
+
+
+@pytest.fixture
+def job(webui, unet):
+    """Runs txt2img jobs in Forge's pass order and records, per sampling pass, the ToDo patches in place."""
+    from modules import processing, script_callbacks, scripts
+
+    script = webui.ToDoScript()
+    runner = scripts.ScriptRunner([script])
+    seen = []
+
+    def sample(p, x):
+        patches = todo_patches(p.sd_model)
+        seen.append(types.SimpleNamespace(hires=p.is_hr_pass, patches=patches,
+                                          configs=[patch.state.config for patch in patches]))
+        context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
+        script_callbacks.cfg_denoiser_callback(
+            script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, context, context, types.SimpleNamespace(p=p)))
+        sigma = forge_host.sigma_at_timestep(p.sd_model, 500)
+        return forge_host.calc_cond_uncond_batch(p.sd_model.forge_objects.unet, x, sigma, context)
+
+    def run(args=(), *, model=None, sample=sample, token_merging_ratio=0.0, **p_fields):
+        model = model or forge_host.ForgeDiffusionEngine(unet)
+        script_args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
+        p = processing.StableDiffusionProcessingTxt2Img(model, runner, script_args, **p_fields)
+        return p, forge_host.process_images(p, sample, token_merging_ratio=token_merging_ratio)
+
+    return types.SimpleNamespace(run=run, seen=seen, runner=runner, sample=sample)
+
+
+def test_off_job_patches_nothing(job):
+    _, processed = job.run(ToDoArgs())
+    assert [pass_.patches for pass_ in job.seen] == [[]]
+    assert "ToDo" not in processed.infotexts[0]
+
+
+def test_first_pass_patches_a_clone_and_acts(job):
+    _, baseline = job.run(ToDoArgs(), width=128, height=128)
+    p, processed = job.run(ToDoArgs(enabled=True, ratio=0.75), width=128, height=128)
+    assert len(job.seen[1].patches) == 1
+    assert job.seen[1].patches[0].state.stats["downsampled"] > 0
+    assert not torch.equal(baseline.images[0], processed.images[0])
+    infotext = processed.infotexts[0]
+    assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}: d0 256->64 (2x)" in infotext
+    assert INFOTEXT_NOTE_KEY not in infotext and not job.runner.reported
+    assert p.sd_model.forge_objects_after_applying_lora.unet.model_options == {"transformer_options": {}}
+    assert not job.seen[1].patches[0].state.active, "the job's end turns the patch off"
+
+
+def test_hires_double_call_gives_one_patch_and_one_kv_line_per_pass(job, capsys):
+    args = ToDoArgs(enabled=True, ratio=0.75, hires_mode="own", hires_ratio=0.9375)
+    _, processed = job.run(args, width=64, height=64, enable_hr=True, hr_scale=2.0)
+    assert [(pass_.hires, len(pass_.patches)) for pass_ in job.seen] == [(False, 1), (True, 1)]
+    assert [config.ratio for pass_ in job.seen for config in pass_.configs] == [0.75, 0.9375]
+    infotext = processed.infotexts[0]
+    assert infotext.count(f"{INFOTEXT_FIRST_PASS_KV_KEY}:") == 1 and infotext.count(INFOTEXT_HIRES_KV_KEY) == 1
+    assert f"{INFOTEXT_HIRES_KV_KEY}: d0 256->16 (4x)" in infotext
+    assert capsys.readouterr().out.count("hires pass K/V tokens") == 1
+
+
+def test_hires_only_and_hires_off(job):
+    job.run(ToDoArgs(enabled=True, hires_only=True), enable_hr=True)
+    job.run(ToDoArgs(enabled=True, hires_mode="off"), enable_hr=True)
+    assert [len(pass_.patches) for pass_ in job.seen] == [0, 1, 1, 0]
+
+
+def test_refiner_switch_mid_pass_gets_the_patch(job, unet):
+    from modules import script_callbacks
+
+    refiner = forge_host.ForgeDiffusionEngine(build_unet("sd15", width=32, seed=2))
+    patched = []
+
+    def sample(p, x):
+        context = torch.zeros(1, 77, 768)
+        for step in range(2):
+            if step == 1:
+                p.sd_model = refiner  # Forge: apply_refiner reloads shared.sd_model, which p.sd_model returns
+            script_callbacks.cfg_denoiser_callback(
+                script_callbacks.CFGDenoiserParams(x, None, None, step, 2, context, context,
+                                                   types.SimpleNamespace(p=p)))
+            patched.append(len(todo_patches(p.sd_model)))
+            sigma = forge_host.sigma_at_timestep(p.sd_model, 500)
+            x = forge_host.calc_cond_uncond_batch(p.sd_model.forge_objects.unet, x, sigma, context)
+        return x
+
+    job.run(ToDoArgs(enabled=True), sample=sample)
+    assert patched == [1, 1]
+    assert todo_patches(refiner)[0].state.stats["downsampled"] > 0
+
+
+@pytest.mark.parametrize("hires", [False, True])
+def test_models_without_the_ldm_layout_warn_once_and_generate(job, capsys, hires):
+    class FluxLike(torch.nn.Module):
+        def forward(self, x, timesteps, context):
+            return x * 2
+
+    _, processed = job.run(ToDoArgs(enabled=True), model=forge_host.ForgeDiffusionEngine(FluxLike()),
+                           enable_hr=hires)
+    assert len(processed.images) == 1 and not job.runner.reported
+    assert capsys.readouterr().out.count("not supported") == 1
+    assert f"{INFOTEXT_NOTE_KEY}: model not supported (FluxLike" in processed.infotexts[0]
+    assert INFOTEXT_FIRST_PASS_KV_KEY not in processed.infotexts[0]
+
+
+def test_token_merging_composes_with_todo(job):
+    _, merged = job.run(ToDoArgs(), token_merging_ratio=0.5, width=128, height=128)
+    _, both = job.run(ToDoArgs(enabled=True), token_merging_ratio=0.5, width=128, height=128)
+    stats = job.seen[1].patches[0].state.stats
+    assert stats["downsampled"] > 0 and stats["passed_through"] == 0
+    assert INFOTEXT_NOTE_KEY not in both.infotexts[0]
+    assert not torch.equal(merged.images[0], both.images[0])
+
+
+def test_hypertile_before_todo_makes_it_step_aside_with_a_note(job, capsys):
+    def tile_then_sample(p, x):
+        p.sd_model.forge_objects.unet = forge_host.hypertile_patch(p.sd_model.forge_objects.unet)
+        patcher = p.sd_model.forge_objects.unet
+        patches = patcher.model_options["transformer_options"]["patches"]["attn1_patch"]
+        patches.insert(0, patches.pop())  # a built-in script's patch, set before the extension's
+        return job.sample(p, x)
+
+    _, processed = job.run(ToDoArgs(enabled=True), sample=tile_then_sample)
+    assert "stepped aside in" in processed.infotexts[0]
+    assert capsys.readouterr().out.count("warning:") == 1
