@@ -299,8 +299,9 @@ def test_token_merging_composes_without_failing_and_warns_once_per_generation(jo
     assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
 
 
-def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
-    from modules import script_callbacks, scripts
+def loaded_xyz_grid():
+    """A scripts/xyz_grid.py module as modules/scripts.py registers it in scripts_data (AxisOption's signature)."""
+    from modules import scripts
 
     class AxisOption:
         def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None,
@@ -311,6 +312,29 @@ def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
                                      boolean_choice=lambda reverse=False: lambda: ["False", "True"])
     xyz_class = type("Script", (), {"__module__": "xyz_grid.py"})
     scripts.scripts_data.append(scripts.ScriptClassData(xyz_class, "xyz_grid.py", ".", xyz_grid))
+    return xyz_grid
+
+
+def test_xyz_axes_exist_when_the_script_has_loaded(webui):
+    """With --nowebui (webui.py api_only) the API builds the X/Y/Z script's axis list before before_ui runs; the
+    WebUI loads scripts/xyz_grid.py before extensions' scripts, so the axes are added at load."""
+    import importlib.util
+
+    from modules import scripts
+
+    xyz_grid = loaded_xyz_grid()
+    try:
+        spec = importlib.util.spec_from_file_location("todo_script_reloaded", webui.__file__)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    finally:
+        scripts.scripts_data.clear()
+    assert [opt.label for opt in xyz_grid.axis_options][:2] == ["[ToDo] Enabled", "[ToDo] Ratio"]
+
+
+def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
+    from modules import script_callbacks, scripts
+
+    xyz_grid = loaded_xyz_grid()
     try:
         script_callbacks.before_ui_callback()
         script_callbacks.before_ui_callback()
