@@ -263,6 +263,9 @@ def follow_model_switch(params):
 
 
 def on_ui_settings():
+    """Settings > ToDo. Also called when this script loads: with --nowebui the WebUI runs no on_ui_settings
+    callback (modules/ui.py create_ui does), and the API's options model is built from the options registered
+    when modules/api/models.py is imported, after scripts have loaded."""
     for spec in todo_args.SETTING_FIELDS:
         component, component_args = _component_kind(spec)
         option = shared.OptionInfo(spec.default, f"Default {spec.label.lower()}", component, component_args or None,
@@ -322,6 +325,7 @@ def on_script_unloaded():
     remove_all_hooks()
 
 
+on_ui_settings()
 add_xyz_axes()
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)

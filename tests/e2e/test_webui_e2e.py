@@ -181,3 +181,17 @@ def test_xyz_axes_offered_and_applied():
     infotexts = json.loads(body["info"])["infotexts"]
     assert any("ToDo ratio: 0.9375" in text for text in infotexts)
     assert any("ToDo ratio: 0.75" in text for text in infotexts)
+
+
+def test_ui_controls_show_the_settings_not_ui_config():
+    """The UI's controls (gradio's /config, after ui-config.json was applied) show Settings > ToDo too."""
+    try:
+        with urllib.request.urlopen(WEBUI_URL + "/config", timeout=60) as response:
+            config = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        pytest.skip(f"no UI to inspect (--nowebui?): {error.code}")
+    values = {component["props"].get("elem_id"): component["props"].get("value")
+              for component in config["components"] if "props" in component}
+    _, options = call("/sdapi/v1/options")
+    assert values["script_txt2img_todo_ratio"] == options["todo_default_ratio"]
+    assert values["script_img2img_todo_method"] == options["todo_default_method"]

@@ -82,6 +82,16 @@ def test_settings_section_and_defaults(webui):
     assert (values["Method"], values["Ratio"]) == ("avg-pool", 0.9375)
 
 
+def test_settings_registered_at_load_also_without_ui(webui):
+    """--nowebui runs no on_ui_settings callback; the options are there once the script has loaded."""
+    from modules import script_callbacks, shared
+
+    registered = {key: info for key, info in shared.opts.data_labels.items() if key.startswith("todo_")}
+    assert registered and all("Reload UI" in info.comment_after for info in registered.values())
+    script_callbacks.ui_settings_callback()
+    assert {key for key in shared.opts.data_labels if key.startswith("todo_")} == set(registered)
+
+
 def test_off_job_leaves_unet_and_infotext_untouched(job):
     _, processed = job.run(ToDoArgs())
     assert job.seen == [(False, 0)]
