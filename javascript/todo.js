@@ -136,7 +136,8 @@
     function img2imgScaledSize() {
         // The "Resize by" tab: the WebUI generates the source image's size times Scale (modules/img2img.py), not
         // the width/height sliders; get_tab_index and currentImg2imgSourceResolution are javascript/ui.js's.
-        if (typeof get_tab_index !== "function" || get_tab_index("img2img_tabs_resize") !== 1) {
+        if (typeof get_tab_index !== "function" || !element("img2img_tabs_resize") ||
+            get_tab_index("img2img_tabs_resize") !== 1) {
             return null;
         }
         const scale = numberOf("img2img_scale", 1);
