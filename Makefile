@@ -5,6 +5,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FORGE_API := $(VENV)/forge-api
+FORGE_API_STAMP := $(FORGE_API)/.installed
 
 .PHONY: setup test bench lint
 
@@ -17,9 +19,17 @@ $(STAMP): requirements-test.txt
 	$(PY) -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5
 	touch $(STAMP)
 
-test: $(STAMP)
+# Forge's API stack (FastAPI 0.104 / Starlette 0.27 / pydantic 2) beside the WebUI v1.10.1 one in .venv: installed
+# with --target and put first on PYTHONPATH for a second run of the API validation tests (a few seconds).
+$(FORGE_API_STAMP): requirements-forge-api.txt $(STAMP)
+	rm -rf $(FORGE_API)
+	$(PY) -m pip install -q --target $(FORGE_API) -r requirements-forge-api.txt
+	touch $(FORGE_API_STAMP)
+
+test: $(STAMP) $(FORGE_API_STAMP)
 	$(PY) -m ruff check todo_ext scripts tests install.py
 	$(PY) -m pytest -q
+	PYTHONPATH=$(FORGE_API) $(PY) -m pytest -q -p no:cacheprovider tests/webui/test_webui_api_validation.py
 
 bench: $(STAMP)
 	$(PY) -m todo_ext.bench

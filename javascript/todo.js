@@ -151,6 +151,19 @@
         line.dataset.todoHintsApplied = "1";
     }
 
+    function img2imgScaledSize() {
+        // The "Resize by" tab: the WebUI generates the source image's size times Scale (modules/img2img.py), not
+        // the width/height sliders; get_tab_index and currentImg2imgSourceResolution are javascript/ui.js's.
+        if (typeof get_tab_index !== "function" || !element("img2img_tabs_resize") ||
+            get_tab_index("img2img_tabs_resize") !== 1) {
+            return null;
+        }
+        const scale = numberOf("img2img_scale", 1);
+        const source = typeof currentImg2imgSourceResolution === "function" ?
+            currentImg2imgSourceResolution(0, 0, scale) : [0, 0, scale];
+        return [Math.floor(source[0] * scale), Math.floor(source[1] * scale)];
+    }
+
     function update(tab) {
         const prefix = "script_" + tab + "_todo_";
         const line = gradioApp().querySelector("#" + prefix + "kv_line .todo-kv-line");
@@ -161,11 +174,19 @@
         const factorBox = element(prefix + "factor");
         setText(factorBox && (factorBox.querySelector(".prose") || factorBox), factorText(numberOf(prefix + "ratio", 0.75)));
 
-        const width = numberOf(tab + "_width", 512);
-        const height = numberOf(tab + "_height", 512);
+        let width = numberOf(tab + "_width", 512);
+        let height = numberOf(tab + "_height", 512);
+        const scaled = tab === "img2img" ? img2imgScaledSize() : null;
+        if (scaled) {
+            [width, height] = scaled;
+        }
         const settings = readSettings(prefix);
         const lines = ["K/V tokens of self-attention at depth 0 (d1 = depth 1), without \u2192 with ToDo:"];
-        lines.push(describePass("First pass", width, height, settings.enabled ? settings.first : null));
+        if (scaled && (width === 0 || height === 0)) {
+            lines.push("First pass: no image selected");
+        } else {
+            lines.push(describePass("First pass", width, height, settings.enabled ? settings.first : null));
+        }
         const hires = hiresTarget(tab, width, height);
         if (hires) {
             lines.push(describePass("Hires pass", hires[0], hires[1], settings.enabled ? settings.hires : null));
@@ -174,15 +195,22 @@
         line.style.whiteSpace = "pre-line";
     }
 
-    onUiUpdate(function() {
+    function updateBoth() {
         update("txt2img");
         update("img2img");
-    });
+    }
+
+    // After DOM updates settle (the WebUI's recommendation over onUiUpdate, which runs on every mutation).
+    onAfterUiUpdate(updateBoth);
 
     onUiLoaded(function() {
-        gradioApp().addEventListener("input", function() {
-            update("txt2img");
-            update("img2img");
+        gradioApp().addEventListener("input", updateBoth);
+        gradioApp().addEventListener("change", updateBoth);
+        // Paste, "Send to", tab switches and image uploads set values without input events; the server's answer
+        // arrives a little later, so look again once it has.
+        gradioApp().addEventListener("click", function() {
+            setTimeout(updateBoth, 300);
+            setTimeout(updateBoth, 1500);
         });
     });
 })();

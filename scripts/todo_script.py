@@ -8,6 +8,7 @@ host's U-Net in todo_ext.hosts (hooks on A1111, the U-Net patcher's attn1 patch 
 import html
 import json
 import weakref
+from functools import cache
 
 import gradio as gr
 from modules import script_callbacks, scripts, sd_unet, shared
@@ -15,9 +16,10 @@ from modules.infotext_utils import PasteField
 from modules.ui_components import InputAccordion
 
 import todo_ext
+from todo_ext import api_validation
 from todo_ext import args as todo_args
 from todo_ext import hosts
-from todo_ext.api_validation import SCRIPT_TITLE, ToDoRequestValidator
+from todo_ext.api_validation import SCRIPT_TITLE
 
 XYZ_AXIS_PREFIX = "[ToDo] "
 SETTINGS_SECTION = ("todo", "ToDo")
@@ -27,6 +29,9 @@ _hooked_unets = weakref.WeakSet()
 
 _forge_handles = weakref.WeakSet()
 """ToDo patches put on Forge/reForge U-Net patchers, turned off at cleanup in case a patched clone outlives its job."""
+
+_hooking_job = [lambda: None]
+"""A weak reference to the job (processing object, not hashable) that the hooks and patches now attached belong to."""
 
 
 def remove_all_hooks(sd_model=None) -> int:
@@ -43,8 +48,11 @@ def remove_all_hooks(sd_model=None) -> int:
     return sum(todo_ext.remove(unet) for unet in unets)
 
 
+@cache
 def current_defaults() -> todo_args.ToDoArgs:
-    """UI and API defaults from Settings > ToDo."""
+    """The defaults of the UI controls, both API forms and the API check: Settings > ToDo as they were when the
+    WebUI loaded this script, read once so that all of them agree (the host fills a short positional `args`
+    list from the controls' values, which it computes once). Changes apply after Reload UI or a restart."""
     return todo_args.defaults_from_settings({
         spec.name: shared.opts.data.get(todo_args.setting_key(spec), spec.default)
         for spec in todo_args.SETTING_FIELDS
@@ -62,7 +70,17 @@ def _component_kind(spec):
 
 def _component(spec, value, elem_id):
     component, component_args = _component_kind(spec)
-    return component(value=value, label=spec.label, elem_id=elem_id, **component_args)
+    return _not_saved_in_ui_config(component(value=value, label=spec.label, elem_id=elem_id, **component_args))
+
+
+def _not_saved_in_ui_config(component):
+    """Keep a control out of ui-config.json (modules/ui_loadsave.py skips `do_not_save_to_config`): its default
+    comes from Settings > ToDo, the one place the API reads too."""
+    component.do_not_save_to_config = True
+    accordion = getattr(component, "accordion", None)
+    if accordion is not None:
+        accordion.do_not_save_to_config = True
+    return component
 
 
 class _PassNote:
@@ -99,8 +117,8 @@ class ToDoScript(scripts.Script):
         def add(name):
             made[name] = _component(spec_of[name], getattr(defaults, name), self.elem_id(name))
 
-        made["enabled"] = InputAccordion(defaults.enabled, label=spec_of["enabled"].label,
-                                         elem_id=self.elem_id("enabled"))
+        made["enabled"] = _not_saved_in_ui_config(InputAccordion(defaults.enabled, label=spec_of["enabled"].label,
+                                                                 elem_id=self.elem_id("enabled")))
         with made["enabled"]:
             with gr.Row():
                 add("ratio")
@@ -128,7 +146,7 @@ class ToDoScript(scripts.Script):
         controls = [made[spec.name] for spec in todo_args.FIELDS]
         targets = [todo_args.paste_target(spec) for spec in todo_args.FIELDS]
         self.infotext_fields = [PasteField(control, target) for control, target in zip(controls, targets, strict=True)]
-        self.paste_field_names = [target for target in targets if isinstance(target, str)]
+        self.paste_field_names = [spec.infotext_key for spec in todo_args.FIELDS]
         return controls
 
     def before_process(self, p, *args):
@@ -165,6 +183,8 @@ class ToDoScript(scripts.Script):
         remove_all_hooks(getattr(p, "sd_model", None))
         note = getattr(p, "todo_note", None)
         passed_through = note.passed_through() if isinstance(note, _PassNote) else 0
+        if p.extra_generation_params.get(todo_args.INFOTEXT_NOTE_KEY) is note is not None:
+            _write_note_as_text(p.extra_generation_params, note)
         if passed_through:
             print(f"[ToDo] warning: {passed_through} attention calls had tokens changed by another patch "
                   "(Token merging or Hypertile?); ToDo left them unchanged")
@@ -184,6 +204,16 @@ class ToDoScript(scripts.Script):
             return int(latent.shape[-2]), int(latent.shape[-1])
         width, height = (p.hr_upscale_to_x, p.hr_upscale_to_y) if is_hires else (p.width, p.height)
         return -(-height // 8), -(-width // 8)
+
+
+def _write_note_as_text(params, note):
+    """The API's info JSON (Processed.js, written after postprocess from the same dict) shows a callable as null:
+    leave the text that the last infotext got instead."""
+    text = note()
+    if text is None:
+        params.pop(todo_args.INFOTEXT_NOTE_KEY, None)
+    else:
+        params[todo_args.INFOTEXT_NOTE_KEY] = text
 
 
 def _note_of(p):
@@ -221,6 +251,7 @@ def hook_unet(p, config):
         _forge_handles.add(handle)
     else:
         _hooked_unets.add(unet)
+    _hooking_job[0] = weakref.ref(p)
     note.handles.append(handle)
     return unet
 
@@ -233,10 +264,17 @@ def _attached(sd_model):
 
 
 def follow_model_switch(params):
-    """The refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) and no script
-    hook runs then; the denoiser callback that follows, before the next U-Net call, attaches to the new U-Net
-    (Forge reads `forge_objects.unet` anew for every step)."""
+    """Runs before every U-Net call of every sampling job, scripted or not (CFGDenoiser.forward).
+
+    Another job than the one that attached ToDo (one that raised skipped its postprocess; jobs with `p.scripts`
+    None never call scripts) finds and removes the hooks and patches here before its first U-Net call. In the
+    attaching job, the refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) with
+    no script hook in between; this attaches to the new U-Net before its first call (Forge reads
+    `forge_objects.unet` anew for every step)."""
     p = getattr(params.denoiser, "p", None)
+    if (len(_hooked_unets) or len(_forge_handles)) and p is not _hooking_job[0]():
+        remove_all_hooks(getattr(p, "sd_model", None))
+        return
     config = getattr(p, "todo_pass_config", None)
     if config is None or _attached(getattr(p, "sd_model", None)):
         return
@@ -244,11 +282,14 @@ def follow_model_switch(params):
 
 
 def on_ui_settings():
+    """Settings > ToDo. Also called when this script loads: with --nowebui the WebUI runs no on_ui_settings
+    callback (modules/ui.py create_ui does), and the API's options model is built from the options registered
+    when modules/api/models.py is imported, after scripts have loaded."""
     for spec in todo_args.SETTING_FIELDS:
         component, component_args = _component_kind(spec)
         option = shared.OptionInfo(spec.default, f"Default {spec.label.lower()}", component, component_args or None,
                                    section=SETTINGS_SECTION, category_id="sd")
-        shared.opts.add_option(todo_args.setting_key(spec), option.info(spec.hint))
+        shared.opts.add_option(todo_args.setting_key(spec), option.info(spec.hint).needs_reload_ui())
 
 
 def _xyz_override(name, **also):
@@ -267,7 +308,11 @@ def _xyz_confirm(name):
 
 
 def add_xyz_axes():
-    """X/Y/Z plot axes, added the way the built-in Hypertile does, once per loaded xyz_grid module."""
+    """X/Y/Z plot axes, added the way the built-in Hypertile does, once per loaded xyz_grid module.
+
+    Called when this script loads (the WebUI loads scripts/xyz_grid.py before extensions' scripts), because with
+    --nowebui the API builds the X/Y/Z script's axis list before `before_ui` runs; `before_ui` adds them should
+    xyz_grid have loaded later."""
     xyz_grid = next((data.module for data in scripts.scripts_data if data.script_class.__module__ == "xyz_grid.py"),
                     None)
     if xyz_grid is None or any(opt.label.startswith(XYZ_AXIS_PREFIX) for opt in xyz_grid.axis_options):
@@ -290,11 +335,11 @@ def add_xyz_axes():
 
 
 def install_api_validation(_demo, app):
-    """Reject invalid ToDo args with 422 before generation; exceptions in script hooks would only be logged."""
-    if any(getattr(middleware.cls, "is_todo_request_validator", False) for middleware in app.user_middleware):
-        return
-    app.middleware_stack = None
-    app.add_middleware(ToDoRequestValidator, defaults=current_defaults)
+    """Reject invalid ToDo args (and ToDo keys of the `infotext` field) with 422 before generation, behind the
+    API's authentication; exceptions in script hooks would only be logged."""
+    from modules.infotext_utils import parse_generation_parameters
+
+    api_validation.install(app, current_defaults, parse_generation_parameters)
 
 
 def complete_pasted_infotext(_infotext, params):
@@ -307,6 +352,8 @@ def on_script_unloaded():
     remove_all_hooks()
 
 
+on_ui_settings()
+add_xyz_axes()
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)

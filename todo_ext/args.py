@@ -7,9 +7,8 @@ Pure python: the WebUI glue in scripts/ turns gradio/API/infotext values into `T
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from functools import partial
 from typing import Any
 
 from .config import (
@@ -304,33 +303,50 @@ def infotext_params(args: ToDoArgs) -> dict[str, str | int | float]:
 def paste_value(name: str, params: Mapping[str, Any]) -> Any:
     """The value a pasted infotext gives a field's control, or None to leave the control alone.
 
-    Mirrors what the WebUI does with `paste_target`: a field pasted by key takes its key's value when present;
-    the other check boxes follow the "ToDo" key (written whenever ToDo was active), so parameters without ToDo
-    keys leave every control alone.
+    Like the WebUI's own Hires fix and Refiner toggles: parameters without the "ToDo" key (written whenever ToDo
+    was active) turn ToDo off, so pasting a plain image's parameters reproduces it, and leave the other controls
+    alone. With the key, every field takes its key's value, and a key that an older version did not write takes
+    the field's built-in default. A value that does not validate leaves its control alone (the API rejects it).
     """
     spec = FIELDS_BY_NAME[name]
-    if isinstance(paste_target(spec), str):
-        raw = params.get(spec.infotext_key)
-    elif INFOTEXT_ENABLED_KEY in params:
-        raw = params.get(spec.infotext_key, False)
-    else:
-        return None
-    if raw is None:
-        return None
+    if INFOTEXT_ENABLED_KEY not in params:
+        return False if spec.infotext_key == INFOTEXT_ENABLED_KEY else None
+    raw = params.get(spec.infotext_key, spec.default)
     try:
         return spec.coerce(raw)
     except ValueError:
         return None
 
 
-def paste_target(spec: FieldSpec) -> str | Callable[[Mapping[str, Any]], Any]:
-    """What the script's infotext_fields pair with a control: the infotext key, which the WebUI converts
-    itself and which the "Send to" buttons carry, or for check boxes other than the enable flag a function:
-    the WebUI turns any non-empty string, "False" included, into True on the API's infotext path.
+class PasteTarget:
+    """What the script's infotext_fields pair with a control: a function of the parsed parameters, which the
+    WebUI calls on paste and on the API's `infotext` path (where it would turn any non-empty string, "False"
+    included, into True for a check box), and which compares equal to the field's infotext key, which is how
+    the "Send to img2img/inpaint" buttons pick the controls they carry (a name in `paste_field_names`).
     """
-    if spec.kind == "bool" and spec.infotext_key != INFOTEXT_ENABLED_KEY:
-        return partial(paste_value, spec.name)
-    return spec.infotext_key
+
+    def __init__(self, spec: FieldSpec):
+        self.name = spec.name
+        self.key = spec.infotext_key
+
+    def __call__(self, params: Mapping[str, Any]) -> Any:
+        return paste_value(self.name, params)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PasteTarget):
+            return other.key == self.key
+        return isinstance(other, str) and other == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"PasteTarget({self.key!r})"
+
+
+def paste_target(spec: FieldSpec) -> PasteTarget:
+    """The paste target of a field's control (see PasteTarget)."""
+    return PasteTarget(spec)
 
 
 def args_from_infotext(params: Mapping[str, Any], current: ToDoArgs | None = None) -> ToDoArgs:

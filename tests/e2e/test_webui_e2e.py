@@ -1,7 +1,9 @@
 """Drive a live WebUI (AUTOMATIC1111 v1.10.1, Forge or reForge, started with --api and this extension) over HTTP.
 
 Set WEBUI_URL (e.g. http://127.0.0.1:7860) to run; skipped otherwise. Standard library only. Small sizes and
-steps keep it quick; a GPU host is expected but not required.
+steps keep it quick; a GPU host is expected but not required. WEBUI_AUTH=user:pass when the host runs with
+`--api-auth user:pass` (the authentication tests need it), WEBUI_CORS_ORIGIN=http://example.test when it runs with
+`--cors-allow-origins http://example.test`.
 """
 
 import base64
@@ -23,7 +25,11 @@ from todo_ext.args import (
 )
 
 WEBUI_URL = os.environ.get("WEBUI_URL", "").rstrip("/")
+WEBUI_AUTH = os.environ.get("WEBUI_AUTH", "")
+WEBUI_CORS_ORIGIN = os.environ.get("WEBUI_CORS_ORIGIN", "")
 pytestmark = pytest.mark.skipif(not WEBUI_URL, reason="WEBUI_URL is not set (no live WebUI to test against)")
+needs_auth = pytest.mark.skipif(not WEBUI_AUTH, reason="WEBUI_AUTH is not set (host without --api-auth)")
+needs_cors = pytest.mark.skipif(not WEBUI_CORS_ORIGIN, reason="WEBUI_CORS_ORIGIN is not set")
 
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 3, "width": 256, "height": 256,
         "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1}
@@ -33,15 +39,24 @@ HIRES = {"enable_hr": True, "hr_upscaler": "Latent", "hr_additional_modules": ["
 pass at `hr_cfg` 1.0 unless told; A1111's API model ignores both fields."""
 
 
-def call(path, payload=None, timeout=600):
-    """(status, JSON body) of a GET (no payload) or POST request; HTTP errors are returned, not raised."""
+def call_with_headers(path, payload=None, timeout=600, *, authenticate=True, headers=None):
+    """(status, JSON body, response headers) of a GET (no payload) or POST request; HTTP errors are returned."""
     data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(WEBUI_URL + path, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    if WEBUI_AUTH and authenticate:
+        headers["Authorization"] = "Basic " + base64.b64encode(WEBUI_AUTH.encode()).decode()
+    request = urllib.request.Request(WEBUI_URL + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
+            return response.status, json.loads(response.read()), response.headers
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        return error.code, json.loads(error.read() or b"{}"), error.headers
+
+
+def call(path, payload=None, timeout=600):
+    """(status, JSON body) of a GET (no payload) or POST request; HTTP errors are returned, not raised."""
+    status, body, _ = call_with_headers(path, payload, timeout)
+    return status, body
 
 
 def pixels(png_base64):
@@ -161,3 +176,97 @@ def test_invalid_deeper_ratio_is_rejected_naming_it():
     status, body = call("/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [
         {"enabled": True, "deeper_ratio": 1.5}]}}})
     assert status == 422 and body["field"] == "deeper_ratio"
+
+
+@pytest.mark.parametrize(
+    ("infotext", "key"),
+    [("Steps: 3, Sampler: Euler, Seed: 1, ToDo: True, ToDo ratio: abc", "ToDo ratio"),
+     ("Steps: 3, Sampler: Euler, Seed: 1, ToDo: True, ToDo method: bicubic", "ToDo method")],
+)
+def test_invalid_todo_keys_in_the_infotext_field_rejected_before_generation(infotext, key):
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "infotext": infotext})
+    assert status == 422, body
+    assert body["field"] == key and key in body["detail"] and body["allowed"]
+
+
+def test_valid_todo_keys_in_the_infotext_field_apply():
+    infotext = "Steps: 3, Sampler: Euler, Seed: 1, ToDo: True, ToDo ratio: 0.9375, ToDo method: avg-pool"
+    _, info = txt2img(infotext=infotext)
+    assert "ToDo ratio: 0.9375" in info and "ToDo method: avg-pool" in info and "(4x)" in info
+
+
+def test_rejection_carries_the_hosts_timing_header():
+    status, _, response_headers = call_with_headers(
+        "/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [True, 2.0]}}})
+    assert status == 422 and response_headers.get("X-Process-Time")
+
+
+@needs_cors
+def test_cors_header_on_rejection():
+    status, _, response_headers = call_with_headers(
+        "/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [True, 2.0]}}},
+        headers={"Origin": WEBUI_CORS_ORIGIN})
+    assert status == 422 and response_headers.get("Access-Control-Allow-Origin") == WEBUI_CORS_ORIGIN
+
+
+@needs_auth
+@pytest.mark.parametrize("todo", [{"args": [True, 2.0]}, None])
+def test_unauthenticated_requests_get_401_whatever_their_todo_args(todo):
+    payload = {**BASE, **({"alwayson_scripts": {"ToDo": todo}} if todo else {})}
+    status, body, _ = call_with_headers("/sdapi/v1/txt2img", payload, authenticate=False)
+    assert status == 401 and "field" not in body
+    status, body, _ = call_with_headers("/sdapi/v1/txt2img", {**BASE, "infotext": "Steps: 1, Seed: 1, ToDo ratio: x"},
+                                        authenticate=False)
+    assert status == 401 and "field" not in body
+
+
+def test_note_in_the_info_json_is_the_infotexts_text():
+    """Token merging changes the tokens attn1 sees, so ToDo steps aside there and says so in "ToDo note"."""
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [True]}},
+                                               "override_settings": {"token_merging_ratio": 0.5}})
+    assert status == 200, body
+    info = json.loads(body["info"])
+    note = info["extra_generation_params"].get("ToDo note")
+    assert isinstance(note, str) and note
+    assert f"ToDo note: {note}" in info["infotexts"][0] or f'ToDo note: "{note}"' in info["infotexts"][0]
+
+
+def test_api_defaults_are_the_settings():
+    status, options = call("/sdapi/v1/options")
+    assert status == 200
+    _, scripts = call("/sdapi/v1/script-info")
+    todo = next(script for script in scripts if script["name"] == "todo" and not script["is_img2img"])
+    values = {arg["label"]: arg["value"] for arg in todo["args"]}
+    assert values["Ratio"] == options["todo_default_ratio"]
+    assert values["Method"] == options["todo_default_method"]
+
+
+def test_xyz_axes_offered_and_applied():
+    """Also with --nowebui, where the API builds the X/Y/Z script's axis list before before_ui."""
+    _, scripts = call("/sdapi/v1/script-info")
+    xyz = next(script for script in scripts if script["name"] == "x/y/z plot" and not script["is_img2img"])
+    choices = xyz["args"][0]["choices"]
+    assert "[ToDo] Ratio" in choices and "[ToDo] Method" in choices
+    script_args = [arg["value"] for arg in xyz["args"]]
+    script_args[0], script_args[1] = choices.index("[ToDo] Ratio"), "0.75, 0.9375"
+    script_args[3] = script_args[6] = 0
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": script_args,
+                                               "alwayson_scripts": {"ToDo": {"args": [True]}}})
+    assert status == 200, body
+    infotexts = json.loads(body["info"])["infotexts"]
+    assert any("ToDo ratio: 0.9375" in text for text in infotexts)
+    assert any("ToDo ratio: 0.75" in text for text in infotexts)
+
+
+def test_ui_controls_show_the_settings_not_ui_config():
+    """The UI's controls (gradio's /config, after ui-config.json was applied) show Settings > ToDo too."""
+    try:
+        with urllib.request.urlopen(WEBUI_URL + "/config", timeout=60) as response:
+            config = json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        pytest.skip(f"no UI to inspect (--nowebui?): {error.code}")
+    values = {component["props"].get("elem_id"): component["props"].get("value")
+              for component in config["components"] if "props" in component}
+    _, options = call("/sdapi/v1/options")
+    assert values["script_txt2img_todo_ratio"] == options["todo_default_ratio"]
+    assert values["script_img2img_todo_method"] == options["todo_default_method"]

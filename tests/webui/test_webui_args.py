@@ -127,17 +127,29 @@ def test_infotext_round_trip_restores_every_field():
     assert args_from_infotext(params, ToDoArgs(method="avg-pool")) == args
 
 
-def test_infotext_without_todo_keys_leaves_controls_alone():
+def test_infotext_without_todo_keys_turns_todo_off_and_leaves_the_rest():
     current = ToDoArgs(enabled=True, ratio=0.5, auto=True, hires_only=True)
-    assert args_from_infotext({"Steps": "20", "Seed": "1"}, current) == current
+    assert args_from_infotext({"Steps": "20", "Seed": "1"}, current) == dataclasses.replace(current, enabled=False)
 
 
-def test_check_boxes_that_false_would_break_are_pasted_by_function():
+def test_keys_an_older_version_did_not_write_paste_the_built_in_default():
+    current = ToDoArgs(ratio=0.5, method="avg-pool")
+    pasted = args_from_infotext({INFOTEXT_ENABLED_KEY: "True", "ToDo ratio": "0.9375"}, current)
+    assert pasted == ToDoArgs(enabled=True, ratio=0.9375)
+
+
+def test_paste_targets_are_functions_that_match_their_keys():
+    """Functions, because the API's infotext path turns "False" into True for a check box; equal to the key,
+    because the "Send to" buttons pick controls by `name in paste_field_names`."""
     targets = {spec.name: paste_target(spec) for spec in FIELDS}
-    assert targets["enabled"] == INFOTEXT_ENABLED_KEY
-    assert callable(targets["auto"]) and callable(targets["hires_only"])
+    assert all(callable(target) for target in targets.values())
+    assert [spec.infotext_key for spec in FIELDS] == list(targets.values())
+    assert targets["ratio"] in ["Steps", "ToDo ratio"] and targets["ratio"] not in ["Steps", "ToDo"]
+    assert {targets["enabled"]: 1}.get(INFOTEXT_ENABLED_KEY) == 1
     assert targets["auto"]({INFOTEXT_ENABLED_KEY: "True", "ToDo auto": "False"}) is False
     assert targets["auto"]({"ToDo auto": "True"}) is None
+    assert targets["enabled"]({"Steps": "20"}) is False
+    assert targets["ratio"]({INFOTEXT_ENABLED_KEY: "True", "ToDo ratio": "abc"}) is None
 
 
 def test_settings_defaults_skip_invalid_values():

@@ -32,14 +32,14 @@ def unet():
 @pytest.fixture
 def job(webui, unet):
     """Runs one txt2img job through the stand-in's processing order and records what sampling saw."""
-    from modules import processing, scripts
+    from modules import processing, scripts, shared
 
     script = webui.ToDoScript()
     runner = scripts.ScriptRunner([script])
     sd_model = sd_model_of(unet)
     seen = []
 
-    def run(args=(), *, fail_in_hires=False, model=sd_model, **p_fields):
+    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, **p_fields):
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
 
         def sample(p, x):
@@ -49,8 +49,10 @@ def job(webui, unet):
                 raise RuntimeError("out of memory")
             return diffusion_model(x, torch.full((1,), 500.0), context)
 
-        script_args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
-        p = processing.StableDiffusionProcessingTxt2Img(model, runner, script_args, **p_fields)
+        args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
+        shared.sd_model = model
+        p = processing.StableDiffusionProcessingTxt2Img(model, runner if scripted else None,
+                                                        runner.api_script_args(script, args), **p_fields)
         return p, processing.process_images(p, sample)
 
     return types.SimpleNamespace(run=run, seen=seen, script=script, runner=runner, sd_model=sd_model)
@@ -78,6 +80,16 @@ def test_settings_section_and_defaults(webui):
     shared.opts.data["todo_default_ratio"] = 0.9375
     values = {control.label: control.value for control in webui.ToDoScript().ui(False)}
     assert (values["Method"], values["Ratio"]) == ("avg-pool", 0.9375)
+
+
+def test_settings_registered_at_load_also_without_ui(webui):
+    """--nowebui runs no on_ui_settings callback; the options are there once the script has loaded."""
+    from modules import script_callbacks, shared
+
+    registered = {key: info for key, info in shared.opts.data_labels.items() if key.startswith("todo_")}
+    assert registered and all("Reload UI" in info.comment_after for info in registered.values())
+    script_callbacks.ui_settings_callback()
+    assert {key for key in shared.opts.data_labels if key.startswith("todo_")} == set(registered)
 
 
 def test_off_job_leaves_unet_and_infotext_untouched(job):
@@ -116,9 +128,7 @@ def test_hires_only_and_hires_off(job):
 
 
 def test_dict_args_as_the_api_sends_them(job):
-    defaults = job.runner.default_args()
-    defaults[0] = {"enabled": True, "ratio": 0.9375}
-    _, processed = job.run(defaults, width=128, height=128)
+    _, processed = job.run([{"enabled": True, "ratio": 0.9375}], width=128, height=128)
     assert "ToDo ratio: 0.9375" in processed.infotexts[0]
     assert "(4x)" in processed.infotexts[0]
 
@@ -135,12 +145,82 @@ def test_infotext_paste_round_trip(job):
     assert set(job.script.paste_field_names) <= set(infotext_params(args))
 
 
-def test_paste_without_todo_keys_leaves_controls_alone(job):
+def test_paste_without_todo_keys_turns_todo_off_like_the_hosts_toggles(job):
+    """Hires fix and Refiner (modules/processing_scripts/refiner.py) turn off when their keys are absent."""
     from modules.infotext_utils import parse_parameters_line, paste_values
 
     _, processed = job.run(ToDoArgs())
     pasted = paste_values(job.script.infotext_fields, parse_parameters_line(processed.infotexts[0]))
-    assert pasted == [None] * len(FIELDS)
+    assert pasted == [False] + [None] * (len(FIELDS) - 1)
+
+
+def test_send_to_img2img_carries_every_control(webui):
+    from modules.infotext_utils import send_to_fields
+
+    txt2img, img2img = webui.ToDoScript(), webui.ToDoScript()
+    img2img.is_img2img = True
+    sources, targets = txt2img.ui(False), img2img.ui(True)
+    names = ["Prompt", "Steps", *txt2img.paste_field_names]
+    assert send_to_fields(txt2img.infotext_fields, names) == sources
+    assert send_to_fields(img2img.infotext_fields, names) == targets
+
+
+def test_api_infotext_field_sets_every_control_with_its_type(job):
+    """The API converts a pasted value to the type of the control's value (bool("False") is True)."""
+    from modules.infotext_utils import api_script_values, parse_generation_parameters
+
+    infotext = "Steps: 3, Seed: 1, ToDo: True, ToDo ratio: 0.9375, ToDo auto: False, ToDo hires only: False"
+    fields, inputs = job.runner.infotext_fields, job.runner.inputs
+    values = api_script_values(fields, inputs, parse_generation_parameters(infotext))
+    _, processed = job.run(job.runner.api_script_args(job.script, [], infotext_script_args=values)[1:], width=128,
+                           height=128)
+    assert "ToDo auto: False" in processed.infotexts[0] and "ToDo ratio: 0.9375" in processed.infotexts[0]
+    plain = api_script_values(fields, inputs, parse_generation_parameters("Steps: 3, Seed: 1, Sampler: Euler"))
+    assert plain == {job.script.args_from: False}
+
+
+def test_note_reaches_the_api_info_json_as_text(job):
+    import json
+
+    class NotAUNet(nn.Module):
+        def forward(self, x, timesteps, context):
+            return x
+
+    _, processed = job.run(ToDoArgs(enabled=True), model=sd_model_of(NotAUNet()))
+    note = json.loads(processed.js())["extra_generation_params"][INFOTEXT_NOTE_KEY]
+    assert note and f"{INFOTEXT_NOTE_KEY}: {note}" in processed.infotexts[0]
+
+
+def test_one_source_of_defaults_for_ui_api_and_check(webui, unet):
+    """Settings > ToDo, read once: the controls (even with values saved in ui-config.json), the API's positional
+    defaults (ui() called again), the dict form and the API check agree, also after the setting changes."""
+    import json
+
+    from modules import processing, scripts, shared
+    from modules.ui_loadsave import UiLoadsave
+
+    from todo_ext.api_validation import validation_error
+
+    shared.opts.data.update(todo_default_ratio=0.5, todo_default_method="avg-pool")
+    script = webui.ToDoScript()
+    runner = scripts.ScriptRunner([script])
+    loadsave = UiLoadsave({f"txt2img/{spec.label}/value": spec.default for spec in FIELDS})
+    for control in runner.inputs[script.args_from:]:
+        loadsave.add_component(f"txt2img/{control.label}", control)
+    shared.opts.data["todo_default_ratio"] = 0.25
+    ui_values = [control.value for control in runner.inputs[script.args_from:]]
+    assert ui_values == runner.default_args()[script.args_from:script.args_to]
+    assert (ui_values[1], ui_values[5]) == (0.5, "avg-pool")
+
+    shared.sd_model = sd_model_of(unet)
+    p = processing.StableDiffusionProcessingTxt2Img(None, runner, runner.api_script_args(script, [{"enabled": True}]),
+                                                    width=128, height=128)
+    processed = processing.process_images(p, lambda p, x: p.sd_model.model.diffusion_model(
+        x, torch.full((1,), 500.0), torch.zeros(1, 77, 768)))
+    assert "ToDo ratio: 0.5" in processed.infotexts[0] and "ToDo method: avg-pool" in processed.infotexts[0]
+    window = json.dumps({"alwayson_scripts": {"ToDo": {"args": [{"end": 0.4, "start": 0.45}]}}}).encode()
+    assert validation_error(window, webui.current_defaults())["field"] == "start"
+    assert webui.current_defaults().ratio == 0.5
 
 
 def test_failed_job_leaves_no_hooks_for_the_next_job(job, unet):
@@ -151,6 +231,30 @@ def test_failed_job_leaves_no_hooks_for_the_next_job(job, unet):
     _, after = job.run(ToDoArgs(), width=64, height=64)
     assert job.seen[-1] == (False, 0)
     assert torch.equal(clean.images[0], after.images[0])
+
+
+def test_hooks_of_a_failed_job_never_reach_a_job_without_scripts(job, unet):
+    """Jobs with `p.scripts` None (training previews, other extensions) call no script hook; the cfg_denoiser
+    callback before their first U-Net call takes the failed job's hooks off."""
+    _, clean = job.run(ToDoArgs(), width=64, height=64, scripted=False)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
+    _, after = job.run(ToDoArgs(), width=64, height=64, scripted=False)
+    assert job.seen[-1] == (False, 0)
+    assert torch.equal(clean.images[0], after.images[0])
+
+
+def test_first_pass_image_hooks_only_the_hires_pass(job):
+    _, processed = job.run(ToDoArgs(enabled=True), enable_hr=True, firstpass_image=object())
+    assert job.seen == [(True, job.seen[0][1])] and job.seen[0][1] > 0
+    assert INFOTEXT_HIRES_KV_KEY in processed.infotexts[0]
+
+
+def test_hires_checkpoint_is_hooked_in_its_pass_and_cleaned(job, unet):
+    hires_unet = build_unet("sd15", width=32, seed=4)
+    job.run(ToDoArgs(enabled=True), enable_hr=True, hr_checkpoint_info=sd_model_of(hires_unet))
+    assert [count > 0 for _, count in job.seen] == [True, True]
+    assert todo_hook_count(unet) == 0 and todo_hook_count(hires_unet) == 0
 
 
 def test_hooks_on_a_swapped_out_model_are_removed_too(job, unet):
@@ -205,8 +309,9 @@ def test_token_merging_composes_without_failing_and_warns_once_per_generation(jo
     assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
 
 
-def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
-    from modules import script_callbacks, scripts
+def loaded_xyz_grid():
+    """A scripts/xyz_grid.py module as modules/scripts.py registers it in scripts_data (AxisOption's signature)."""
+    from modules import scripts
 
     class AxisOption:
         def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None,
@@ -217,6 +322,29 @@ def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
                                      boolean_choice=lambda reverse=False: lambda: ["False", "True"])
     xyz_class = type("Script", (), {"__module__": "xyz_grid.py"})
     scripts.scripts_data.append(scripts.ScriptClassData(xyz_class, "xyz_grid.py", ".", xyz_grid))
+    return xyz_grid
+
+
+def test_xyz_axes_exist_when_the_script_has_loaded(webui):
+    """With --nowebui (webui.py api_only) the API builds the X/Y/Z script's axis list before before_ui runs; the
+    WebUI loads scripts/xyz_grid.py before extensions' scripts, so the axes are added at load."""
+    import importlib.util
+
+    from modules import scripts
+
+    xyz_grid = loaded_xyz_grid()
+    try:
+        spec = importlib.util.spec_from_file_location("todo_script_reloaded", webui.__file__)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    finally:
+        scripts.scripts_data.clear()
+    assert [opt.label for opt in xyz_grid.axis_options][:2] == ["[ToDo] Enabled", "[ToDo] Ratio"]
+
+
+def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
+    from modules import script_callbacks, scripts
+
+    xyz_grid = loaded_xyz_grid()
     try:
         script_callbacks.before_ui_callback()
         script_callbacks.before_ui_callback()
@@ -229,9 +357,11 @@ def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
     with pytest.raises(ValueError, match="invalid method"):
         axes["[ToDo] Method"].confirm(None, ["nearest", "cubic"])
 
-    from modules import processing
+    from modules import processing, shared
 
-    p = processing.StableDiffusionProcessingTxt2Img(job.sd_model, job.runner, ToDoArgs().to_list(), width=128,
+    shared.sd_model = job.sd_model
+    p = processing.StableDiffusionProcessingTxt2Img(job.sd_model, job.runner,
+                                                    job.runner.api_script_args(job.script, []), width=128,
                                                     height=128)
     cell = copy.copy(p)
     axes["[ToDo] Enabled"].apply(cell, "True", [])
@@ -253,7 +383,7 @@ def test_script_unload_removes_hooks(webui, job, unet):
 def test_refiner_switch_mid_pass_gets_hooked_and_cleaned(job, unet):
     """The refiner loads another model in the middle of sampling (sd_samplers_common.apply_refiner); the next
     cfg_denoiser callback hooks its U-Net, and the job's end removes both."""
-    from modules import processing, script_callbacks
+    from modules import processing, script_callbacks, shared
 
     refiner = build_unet("sd15", width=32, seed=2)
     base_model, refiner_model = sd_model_of(unet), sd_model_of(refiner)
@@ -264,7 +394,7 @@ def test_refiner_switch_mid_pass_gets_hooked_and_cleaned(job, unet):
         denoiser = types.SimpleNamespace(p=p)
         for step in range(2):
             if step == 1:
-                p.sd_model = refiner_model
+                shared.sd_model = refiner_model
             script_callbacks.cfg_denoiser_callback(
                 script_callbacks.CFGDenoiserParams(x, None, None, step, 2, context, context, denoiser))
             current = p.sd_model.model.diffusion_model
@@ -272,7 +402,9 @@ def test_refiner_switch_mid_pass_gets_hooked_and_cleaned(job, unet):
             x = current(x, torch.full((1,), 500.0), context)
         return x
 
-    p = processing.StableDiffusionProcessingTxt2Img(base_model, job.runner, ToDoArgs(enabled=True).to_list())
+    shared.sd_model = base_model
+    p = processing.StableDiffusionProcessingTxt2Img(base_model, job.runner,
+                                                    job.runner.api_script_args(job.script, [True]))
     processing.process_images(p, sample)
     assert hooks_seen == [(False, todo_hook_count_when_applied(unet)), (True, todo_hook_count_when_applied(refiner))]
     assert todo_hook_count(unet) == 0 and todo_hook_count(refiner) == 0

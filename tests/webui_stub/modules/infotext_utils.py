@@ -49,6 +49,33 @@ def parse_parameters_line(line):
     return res
 
 
+def parse_generation_parameters(x):
+    """Mirrors infotext_utils.parse_generation_parameters for the parameters line: the last line counts as
+    parameters only with at least 3 `key: value` pairs; prompts and the Size/Hires extras are left out."""
+    *_, lastline = x.strip().split("\n")
+    if len(re_param.findall(lastline)) < 3:
+        return {}
+    return parse_parameters_line(lastline)
+
+
+def api_script_values(paste_fields, inputs, params):
+    """Mirrors modules/api/api.py Api.apply_infotext for script controls: {index in `inputs`: value} for every
+    field whose function or key gives a value, converted to the type of the control's value when it differs."""
+    indexes = {id(component): index for index, component in enumerate(inputs) if component is not None}
+    values = {}
+    for field in paste_fields:
+        if id(field.component) not in indexes:
+            continue
+        value = field.function(params) if field.function else params.get(field.label)
+        if value is None:
+            continue
+        target_type = type(field.component.value)
+        if not isinstance(value, target_type):
+            value = target_type(value)
+        values[indexes[id(field.component)]] = value
+    return values
+
+
 def paste_values(paste_fields, params):
     """Mirrors connect_paste.paste_func's per-field loop: the value each control gets, None = left alone."""
     res = []
@@ -76,3 +103,9 @@ def paste(paste_fields, line):
     params = parse_parameters_line(line)
     script_callbacks.infotext_pasted_callback(line, params)
     return paste_values(paste_fields, params)
+
+
+def send_to_fields(paste_fields, paste_field_names):
+    """Mirrors the "Send to" wiring of infotext_utils.connect_paste_params_buttons: the controls of a tab whose
+    paste target is `in` the names (of the built-in fields and the scripts' `paste_field_names`), in order."""
+    return [field for field, name in paste_fields if name in paste_field_names]

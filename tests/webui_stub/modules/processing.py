@@ -1,15 +1,20 @@
 """Stand-in of modules/processing.py: a txt2img job object and the order in which a job calls scripts."""
 
+import json
+import types
+
 import torch
+from modules import script_callbacks, sd_models, shared
 from modules.infotext_utils import quote
 
 
 class StableDiffusionProcessingTxt2Img:
-    """Mirrors the fields of processing.StableDiffusionProcessingTxt2Img that scripts read; `hr_upscale_to_x/y`
-    as set by its init() for `hr_scale`."""
+    """Mirrors the fields of processing.StableDiffusionProcessingTxt2Img that scripts read: `sd_model` is the
+    property that returns shared.sd_model (its setter ignores the constructor's argument), `hr_upscale_to_x/y`
+    as set by its init() for `hr_scale`; `scripts` is None for jobs that run no scripts."""
 
     def __init__(self, sd_model, scripts, script_args, *, width=64, height=64, enable_hr=False, hr_scale=2.0,
-                 n_iter=1, seed=0):
+                 n_iter=1, seed=0, firstpass_image=None, hr_checkpoint_info=None):
         self.sd_model = sd_model
         self.scripts = scripts
         self.script_args = list(script_args)
@@ -20,9 +25,19 @@ class StableDiffusionProcessingTxt2Img:
         self.hr_upscale_to_y = int(height * hr_scale)
         self.n_iter = n_iter
         self.seed = seed
+        self.firstpass_image = firstpass_image
+        self.hr_checkpoint_info = hr_checkpoint_info
         self.is_hr_pass = False
         self.extra_generation_params = {}
         self.is_api = False
+
+    @property
+    def sd_model(self):
+        return shared.sd_model
+
+    @sd_model.setter
+    def sd_model(self, value):
+        pass
 
 
 class Processed:
@@ -32,6 +47,13 @@ class Processed:
         self.images = images
         self.infotexts = infotexts
         self.info = infotexts[0] if infotexts else ""
+        self.extra_generation_params = p.extra_generation_params
+
+    def js(self):
+        """Mirrors Processed.js: the API's `info`, with the job's own extra_generation_params dict (read after
+        postprocess) and anything JSON cannot hold, callables included, as null."""
+        obj = {"infotexts": self.infotexts, "extra_generation_params": self.extra_generation_params}
+        return json.dumps(obj, default=lambda o: None)
 
 
 def create_infotext(p):
@@ -45,30 +67,50 @@ def create_infotext(p):
 
 
 def _latent(p, width, height):
+    """The pass's noise at the latent size the WebUI uses: pixels // 8 (processing.py `opt_f`), truncated."""
     generator = torch.Generator().manual_seed(p.seed)
-    return torch.randn(1, 4, -(-height // 8), -(-width // 8), generator=generator)
+    return torch.randn(1, 4, height // 8, width // 8, generator=generator)
+
+
+def _sample(p, x, sample):
+    """One sampling pass: CFGDenoiser.forward (modules/sd_samplers_cfg_denoiser.py) runs the cfg_denoiser callbacks
+    before the U-Net call of every job, with or without scripts; `sample(p, x)` stands for the sampler."""
+    denoiser = types.SimpleNamespace(p=p)
+    script_callbacks.cfg_denoiser_callback(
+        script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, None, None, denoiser=denoiser))
+    return sample(p, x)
 
 
 def process_images(p, sample):
     """Mirrors the script calls of processing.process_images / process_images_inner and of
     StableDiffusionProcessingTxt2Img.sample / sample_hr_pass, with `sample(p, x)` standing in for the sampler.
 
-    Like the WebUI: `postprocess` runs only when the job finishes, and an exception in sampling propagates (and
-    leaves `is_hr_pass` as it was)."""
-    p.scripts.before_process(p)
+    Like the WebUI: scripts run only when `p.scripts` is set; the selected checkpoint is (re)loaded after
+    `before_process`, and the hires checkpoint before the hires pass; with a `firstpass_image` and hires fix the
+    first pass is not sampled; `postprocess` runs only when the job finishes, and an exception in sampling
+    propagates (and leaves `is_hr_pass` as it was)."""
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    sd_models.reload_model_weights()
     images, infotexts = [], []
     for _ in range(p.n_iter):
-        x = _latent(p, p.width, p.height)
-        p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-        samples = sample(p, x)
+        samples = None
+        if p.firstpass_image is None or not p.enable_hr:
+            x = _latent(p, p.width, p.height)
+            if p.scripts is not None:
+                p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
+            samples = _sample(p, x, sample)
         if p.enable_hr:
+            sd_models.reload_model_weights(info=p.hr_checkpoint_info)
             p.is_hr_pass = True
             x = _latent(p, p.hr_upscale_to_x, p.hr_upscale_to_y)
-            p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-            samples = sample(p, x)
+            if p.scripts is not None:
+                p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
+            samples = _sample(p, x, sample)
             p.is_hr_pass = False
         images.append(samples)
         infotexts.append(create_infotext(p))
     processed = Processed(p, images, infotexts)
-    p.scripts.postprocess(p, processed)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, processed)
     return processed

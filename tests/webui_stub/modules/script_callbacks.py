@@ -87,12 +87,12 @@ def ui_settings_callback():
 
 
 def before_ui_callback():
-    """Mirrors script_callbacks.before_ui_callback."""
-    for callback in callback_map["callbacks_before_ui"]:
+    """Mirrors script_callbacks.before_ui_callback: the callbacks in reverse order of registration."""
+    for callback in reversed(callback_map["callbacks_before_ui"]):
         callback()
 
 
 def script_unloaded_callback():
-    """Mirrors script_callbacks.script_unloaded_callback."""
-    for callback in callback_map["callbacks_script_unloaded"]:
+    """Mirrors script_callbacks.script_unloaded_callback: the callbacks in reverse order of registration."""
+    for callback in reversed(callback_map["callbacks_script_unloaded"]):
         callback()

@@ -53,24 +53,52 @@ class Script:
 
 
 class ScriptRunner:
-    """Mirrors scripts.ScriptRunner for always-visible scripts: each hook gets `p.script_args[args_from:args_to]`,
-    and an exception in a hook is only reported (errors.report), never raised to the job."""
+    """Mirrors scripts.ScriptRunner for always-visible scripts: `inputs` starts with the selectable-script
+    dropdown (slot 0), each script's controls follow from `args_from` = 1 on; `infotext_fields` and
+    `paste_field_names` are collected from the scripts as the UI is built (the API's infotext path and the "Send to"
+    buttons use these, not what a later `ui()` call leaves on the script); each hook gets
+    `p.script_args[args_from:args_to]`, and an exception in a hook is only reported (errors.report), never raised
+    to the job."""
 
     def __init__(self, scripts):
         self.scripts = []
         self.reported = []
-        self.inputs = []
+        self.inputs = [None]
+        self.infotext_fields = []
+        self.paste_field_names = []
         for script in scripts:
             script.alwayson = script.show(False) is AlwaysVisible
             controls = script.ui(False) or []
             script.args_from = len(self.inputs)
             script.args_to = script.args_from + len(controls)
             self.inputs.extend(controls)
+            self.infotext_fields.extend(script.infotext_fields or [])
+            self.paste_field_names += script.paste_field_names or []
             self.scripts.append(script)
 
     def default_args(self):
-        """Mirrors modules/api/api.py init_default_script_args: the `value` of every ui() control."""
-        return [control.value for control in self.inputs]
+        """Mirrors modules/api/api.py Api.init_default_script_args: slot 0 is 0, and every script's `ui()` is
+        called again (in a gr.Blocks) for the `value` of each control."""
+        import gradio as gr
+
+        script_args = [None] * max([1] + [script.args_to for script in self.scripts])
+        script_args[0] = 0
+        with gr.Blocks():
+            for script in self.scripts:
+                controls = script.ui(script.is_img2img)
+                if controls:
+                    script_args[script.args_from:script.args_to] = [control.value for control in controls]
+        return script_args
+
+    def api_script_args(self, script, args, default_script_args=None, infotext_script_args=None):
+        """Mirrors modules/api/api.py Api.init_script_args for one always-on script: the defaults, then the
+        values read from the request's infotext (by index), then `args[i]` in slot `args_from + i`."""
+        script_args = list(self.default_args() if default_script_args is None else default_script_args)
+        for index, value in (infotext_script_args or {}).items():
+            script_args[index] = value
+        for index in range(min(script.args_to - script.args_from, len(args))):
+            script_args[script.args_from + index] = args[index]
+        return script_args
 
     def _run(self, name, p, *extra, **kwargs):
         for script in self.scripts:

@@ -20,6 +20,11 @@ class OptionInfo:
         self.comment_after += f"<span class='info'>({info})</span>"
         return self
 
+    def needs_reload_ui(self):
+        """Mirrors OptionInfo.needs_reload_ui."""
+        self.comment_after += " <span class='info'>(requires Reload UI)</span>"
+        return self
+
 
 class Options:
     """Mirrors modules/options.py Options: `data` holds values, `data_labels` the registered OptionInfo."""
@@ -36,3 +41,6 @@ class Options:
 
 
 opts = Options()
+
+sd_model = None
+"""Mirrors shared.sd_model: the loaded model, which every job's `p.sd_model` property returns."""
