@@ -16,9 +16,8 @@ from modules.infotext_utils import PasteField
 from modules.ui_components import InputAccordion
 
 import todo_ext
-from todo_ext import api_validation
+from todo_ext import api_validation, hosts
 from todo_ext import args as todo_args
-from todo_ext import hosts
 from todo_ext.api_validation import SCRIPT_TITLE
 
 XYZ_AXIS_PREFIX = "[ToDo] "
