@@ -63,11 +63,20 @@ def _tome_stride_for(ratio: float) -> int:
 TODO_RATIOS = (0.75, 0.89, 0.9375)
 ALL_CONFIGS = (
     BenchConfig("baseline", "baseline"),
+    BenchConfig("todo-0.5", "todo", todo=ToDoConfig(ratio=0.5)),
     *(BenchConfig(f"todo-{r:g}", "todo", todo=ToDoConfig(ratio=r)) for r in TODO_RATIOS),
+    BenchConfig("todo-0.75-d1", "todo", todo=ToDoConfig(ratio=0.75, max_depth=1)),
     BenchConfig("todo-auto", "todo", todo=ToDoConfig(auto=True)),
+    *(BenchConfig(f"tome-{r:g}", "tome", tome_ratio=r) for r in (0.3, 0.5)),
     *(BenchConfig(f"tome-{r:g}", "tome", tome_ratio=r, tome_stride=_tome_stride_for(r)) for r in TODO_RATIOS),
 )
 CONFIGS_BY_NAME = {config.name: config for config in ALL_CONFIGS}
+EQUAL_QUALITY_CONFIGS = (
+    "baseline", "todo-0.5", "todo-0.75", "todo-0.89", "todo-0.9375", "todo-0.75-d1", "tome-0.3", "tome-0.5",
+    "tome-0.75",
+)
+"""The equal-quality sweep (`--equal-quality`): one list that both the step timing and the fidelity proxy run.
+ToMe stays at the WebUI's 2x2 stride, whose ceiling is 0.75; todo-0.75-d1 also halves each side at depth 1."""
 
 
 class _Applied:
