@@ -146,7 +146,7 @@ def test_equal_quality_report_has_both_tables_and_the_plot(equal_quality_output,
     from todo_ext.bench import report
 
     quality = (equal_quality_output / "quality.md").read_text()
-    assert "| Model | Size | Config | Step (s) | Speedup | Proxy MSE |" in quality
+    assert "| Model | Size | Config | Step (s) | Speedup | CPU-time speedup | Others' CPU | Proxy MSE |" in quality
     assert "| Model | Size | Proxy MSE at most | ToDo speedup | ToMe speedup | ToDo over ToMe |" in quality
     assert all(f"| sd15 | 128px | {name} |" in quality for name in runner.EQUAL_QUALITY_CONFIGS)
     assert (equal_quality_output / "speed_vs_error.png").read_bytes().startswith(b"\x89PNG")

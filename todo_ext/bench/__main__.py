@@ -49,6 +49,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip the warm-up calls (for sizes where a call takes minutes); memory is not measured")
     parser.add_argument("--quiet-wait", type=float, default=runner.QUIET_WAIT_S,
                         help="seconds a timed call may wait for other processes to leave the CPU (0 = never wait)")
+    parser.add_argument("--retries", type=int, default=runner.RETRIES,
+                        help="CPU: extra tries of a timed call that other processes disturbed (the least disturbed "
+                             "counts)")
     parser.add_argument("--width", type=int, default=FULL_WIDTH, help="U-Net model_channels (320 = real SD)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--fidelity-grids", help="comma-separated token grid sides for the fidelity proxy")
@@ -123,7 +126,7 @@ def run_timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         for model, size_plan in plan.items():
             results, facts_by_model[model] = runner.run_model(
                 model, size_plan, repeats=repeats, device=device, dtype=dtype, width=args.width, warmup=warmup,
-                quiet_wait_s=args.quiet_wait, progress=progress)
+                quiet_wait_s=args.quiet_wait, retries=args.retries, progress=progress)
             measurements.extend(results)
     runner.summarise(measurements, {m: f["attention_levels"] for m, f in facts_by_model.items()})
     if args.equal_quality:

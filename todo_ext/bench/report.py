@@ -49,6 +49,7 @@ def as_json(measurements: list[Measurement], meta: dict[str, Any]) -> dict[str, 
                 "model": m.model, "size": m.size, "config": m.config, "label": m.label,
                 "samples_s": [s.seconds for s in m.samples],
                 "other_cpu_share": [s.other_cpu_share for s in m.samples],
+                "own_cpu_s": [s.own_cpu_seconds for s in m.samples],
                 "peak_bytes": m.peak_bytes,
                 **m.derived,
             }
@@ -152,13 +153,16 @@ def _quality_groups(measurements: list[Measurement]) -> dict[tuple[str, int], li
 def quality_tables(measurements: list[Measurement]) -> str:
     """Markdown: per model and size, every configuration's step time, speed-up and proxy MSE; then the speed-up
     each method reaches at the proxy errors its frontier configurations measured, and ToDo's over ToMe's."""
-    lines = ["| Model | Size | Config | Step (s) | Speedup | Proxy MSE |", "|---|---|---|---|---|---|"]
+    lines = ["| Model | Size | Config | Step (s) | Speedup | CPU-time speedup | Others' CPU | Proxy MSE |",
+             "|---|---|---|---|---|---|---|---|"]
     groups = _quality_groups(measurements)
     for (model, size), rows in groups.items():
         for m in sorted(rows, key=lambda m: (CONFIGS_BY_NAME[m.config].kind != "baseline",
                                              CONFIGS_BY_NAME[m.config].kind, m.derived["proxy_mse"])):
+            cpu_speedup = m.derived.get("cpu_time_speedup")
             lines.append(f"| {model} | {size}px | {m.label} | {m.derived['median_s']:.2f} | "
-                         f"{m.derived['speedup']:.2f}x | {m.derived['proxy_mse']:.2e} |")
+                         f"{m.derived['speedup']:.2f}x | {_fmt(cpu_speedup, '.2f')}{'x' if cpu_speedup else ''} | "
+                         f"{m.derived['max_other_cpu_share']:.0%} | {m.derived['proxy_mse']:.2e} |")
     lines += ["", "| Model | Size | Proxy MSE at most | ToDo speedup | ToMe speedup | ToDo over ToMe |",
               "|---|---|---|---|---|---|"]
     for (model, size), rows in groups.items():
@@ -227,12 +231,14 @@ def _pyplot():
 def measurements_from_json(data: dict[str, Any]) -> list[Measurement]:
     """Rebuild the measurements of a results.json written by write_json."""
     derived_keys = set(data["results"][0]) - {"model", "size", "config", "label", "samples_s", "other_cpu_share",
-                                              "peak_bytes"} if data["results"] else set()
+                                              "own_cpu_s", "peak_bytes"} if data["results"] else set()
     return [
         Measurement(
             r["model"], r["size"], r["config"], r["label"],
             samples=[
-                Sample(s, {}, other_cpu_share=o) for s, o in zip(r["samples_s"], r["other_cpu_share"], strict=True)
+                Sample(s, {}, other_cpu_share=o, own_cpu_seconds=c)
+                for s, o, c in zip(r["samples_s"], r["other_cpu_share"],
+                                   r.get("own_cpu_s", [None] * len(r["samples_s"])), strict=True)
             ],
             peak_bytes=r["peak_bytes"], derived={key: r[key] for key in derived_keys},
         )
