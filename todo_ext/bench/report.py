@@ -200,6 +200,7 @@ def plot_speed_vs_error(path: Path, measurements: list[Measurement]) -> None:
                               fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color())
         axis.axhline(1.0, color="grey", lw=0.6, ls=":")
         axis.set_xscale("log")
+        axis.margins(x=0.12, y=0.08)
         axis.xaxis.set_minor_formatter(plt.NullFormatter())
         axis.set(title=f"{model} {size}px", xlabel="fidelity proxy MSE (log)", ylabel="step speedup (x)")
         axis.grid(alpha=0.3)
