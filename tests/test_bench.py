@@ -108,3 +108,63 @@ def test_results_of_several_runs_combine_into_one_report(bench_output, tmp_path)
     table = report.combine(tmp_path, [bench_output / "results.json", bench_output / "results.json"])
     assert table.count("| sd15 | 128px | todo-0.75 |") == 2
     assert (tmp_path / "speedup.png").stat().st_size > 0 and (tmp_path / "bound.png").stat().st_size > 0
+
+
+def test_speed_at_a_given_error_follows_the_frontier_of_a_hand_made_curve():
+    from todo_ext.bench.report import pareto_frontier, speedup_at_error
+
+    curve = [(4e-4, 2.0), (1e-4, 1.5), (2e-4, 1.2)]
+    assert pareto_frontier(curve) == [(1e-4, 1.5), (4e-4, 2.0)]
+    assert speedup_at_error(curve, 5e-5) is None
+    assert speedup_at_error(curve, 1e-4) == 1.5
+    assert speedup_at_error(curve, 2.5e-4) == pytest.approx(1.75)
+    assert speedup_at_error(curve, 4e-4) == 2.0
+    assert speedup_at_error(curve, 1e-2) == 2.0
+    assert speedup_at_error([], 1e-2) is None
+
+
+@pytest.fixture(scope="module")
+def equal_quality_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("equal-quality")
+    bench_cli.main([
+        "--equal-quality", "--width", "32", "--sizes", "128", "--repeats", "1", "--no-warmup", "--no-fidelity",
+        "--threads", "1", "--quiet-wait", "0", "--out", str(out),
+    ])
+    return out
+
+
+def test_one_configuration_list_drives_timing_and_fidelity_proxy(equal_quality_output):
+    results = json.loads((equal_quality_output / "results.json").read_text())["results"]
+    assert [r["config"] for r in results] == list(runner.EQUAL_QUALITY_CONFIGS)
+    errors = {r["config"]: r["proxy_mse"] for r in results}
+    assert errors["baseline"] == 0.0
+    assert all(error > 0.0 for name, error in errors.items() if name != "baseline")
+    assert errors["todo-0.75-d1"] > errors["todo-0.75"]
+
+
+def test_equal_quality_report_has_both_tables_and_the_plot(equal_quality_output, tmp_path):
+    from todo_ext.bench import report
+
+    quality = (equal_quality_output / "quality.md").read_text()
+    assert "| Model | Size | Config | Step (s) | Speedup | CPU-time speedup | Others' CPU | Proxy MSE |" in quality
+    assert "| Model | Size | Proxy MSE at most | ToDo speedup | ToMe speedup | ToDo over ToMe |" in quality
+    assert all(f"| sd15 | 128px | {name} |" in quality for name in runner.EQUAL_QUALITY_CONFIGS)
+    assert (equal_quality_output / "speed_vs_error.png").read_bytes().startswith(b"\x89PNG")
+    combined = report.combine(tmp_path, [equal_quality_output / "results.json"])
+    assert "| sd15 | 128px | tome-0.75 |" in (tmp_path / "results.md").read_text()
+    assert quality in combined and (tmp_path / "speed_vs_error.png").stat().st_size > 0
+
+
+def test_equal_quality_defaults_to_its_sizes_and_configurations():
+    plan = bench_cli._plan(bench_cli._parse_args(["--equal-quality"]))
+    assert plan == {"sd15": [(size, list(runner.EQUAL_QUALITY_CONFIGS)) for size in bench_cli.EQUAL_QUALITY_SIZES]}
+
+
+def test_proxy_error_of_a_configuration_is_the_fidelity_table_error_at_its_grid():
+    configs = [runner.CONFIGS_BY_NAME[name] for name in ("baseline", "todo-0.75", "tome-0.75", "todo-0.75-d1")]
+    errors = fidelity.configuration_errors(configs, 32, (0, 1, 2, 3), images=("astronaut",))
+    rows = fidelity.measure(grids=(32,), images=("astronaut",), ratios=(0.75,), methods=("nearest",))
+    assert errors["baseline"] == 0.0
+    assert errors["todo-0.75"] == pytest.approx(_mse(rows, "todo nearest", 0.75))
+    assert errors["tome-0.75"] == pytest.approx(_mse(rows, "tome", 0.75))
+    assert errors["todo-0.75-d1"] > errors["todo-0.75"]

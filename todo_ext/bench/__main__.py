@@ -2,7 +2,8 @@
 
 The quick default (SD1.5 at 512 and 1024 px, a subset of configurations, 2 rounds) takes about five minutes on two
 CPU cores; --full runs every configuration on SD1.5 and SDXL at 512 to 2048 px, which is meant for a GPU (on a CPU
-an SD1.5 step at 2048 px alone takes minutes).
+an SD1.5 step at 2048 px alone takes minutes). --equal-quality times several ratios of ToDo and ToMe on SD1.5 at
+1024 and 1536 px and gives each the fidelity proxy's error at that size, for speed at equal quality.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from todo_ext.bench import fidelity, report, runner
-from todo_ext.bench.models import FULL_WIDTH
+from todo_ext.bench.models import FULL_WIDTH, LATENT_SCALE
 
 QUICK_PLAN = (
     ("sd15", 512, ("baseline", "todo-0.75", "todo-auto", "tome-0.75")),
@@ -27,6 +28,7 @@ QUICK_PLAN = (
 )
 """At 512 px Auto keeps every token, so its row is ToDo's cost at factor 1; at 1024 px Auto equals todo-0.75."""
 FULL_SIZES = (512, 1024, 1536, 2048)
+EQUAL_QUALITY_SIZES = (1024, 1536)
 FULL_MODELS = ("sd15", "sdxl")
 QUICK_FIDELITY_GRIDS = (64, 128, 192)
 FULL_FIDELITY_GRIDS = (64, 128, 192, 256)
@@ -35,6 +37,9 @@ FULL_FIDELITY_GRIDS = (64, 128, 192, 256)
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m todo_ext.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="all configurations, SD1.5 and SDXL, 512-2048 px")
+    parser.add_argument("--equal-quality", action="store_true",
+                        help="the ratio sweep of ToDo and ToMe on SD1.5 at 1024 and 1536 px, each configuration timed "
+                             "and given its fidelity proxy error (quality.md, speed_vs_error.png)")
     parser.add_argument("--device", default="auto", help="auto (CUDA fp16 if present, else CPU fp32), cpu, cuda")
     parser.add_argument("--models", help="comma-separated layouts: sd15, sd21, sdxl")
     parser.add_argument("--sizes", help="comma-separated image sizes in px (multiples of 64)")
@@ -44,6 +49,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="skip the warm-up calls (for sizes where a call takes minutes); memory is not measured")
     parser.add_argument("--quiet-wait", type=float, default=runner.QUIET_WAIT_S,
                         help="seconds a timed call may wait for other processes to leave the CPU (0 = never wait)")
+    parser.add_argument("--retries", type=int, default=runner.RETRIES,
+                        help="CPU: extra tries of a timed call that other processes disturbed (the least disturbed "
+                             "counts)")
     parser.add_argument("--width", type=int, default=FULL_WIDTH, help="U-Net model_channels (320 = real SD)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--fidelity-grids", help="comma-separated token grid sides for the fidelity proxy")
@@ -59,14 +67,16 @@ def _csv(text: str, cast=str) -> tuple:
 
 def _plan(args: argparse.Namespace) -> dict[str, list[tuple[int, list[str]]]]:
     """Per model, the (size, configurations) to run; explicit options override the quick or full defaults."""
-    if not (args.full or args.models or args.sizes or args.configs):
+    if not (args.full or args.equal_quality or args.models or args.sizes or args.configs):
         plan: dict[str, list[tuple[int, list[str]]]] = {}
         for model, size, configs in QUICK_PLAN:
             plan.setdefault(model, []).append((size, list(configs)))
         return plan
     models = _csv(args.models) if args.models else (FULL_MODELS if args.full else ("sd15",))
-    sizes = _csv(args.sizes, int) if args.sizes else (FULL_SIZES if args.full else (512, 1024))
-    configs = _csv(args.configs) if args.configs else tuple(runner.CONFIGS_BY_NAME)
+    default_sizes = FULL_SIZES if args.full else (EQUAL_QUALITY_SIZES if args.equal_quality else (512, 1024))
+    sizes = _csv(args.sizes, int) if args.sizes else default_sizes
+    default_configs = runner.EQUAL_QUALITY_CONFIGS if args.equal_quality else tuple(runner.CONFIGS_BY_NAME)
+    configs = _csv(args.configs) if args.configs else default_configs
     unknown = sorted(set(configs) - set(runner.CONFIGS_BY_NAME))
     if unknown:
         raise SystemExit(f"unknown configuration {unknown[0]!r}; known: {', '.join(runner.CONFIGS_BY_NAME)}")
@@ -116,9 +126,11 @@ def run_timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         for model, size_plan in plan.items():
             results, facts_by_model[model] = runner.run_model(
                 model, size_plan, repeats=repeats, device=device, dtype=dtype, width=args.width, warmup=warmup,
-                quiet_wait_s=args.quiet_wait, progress=progress)
+                quiet_wait_s=args.quiet_wait, retries=args.retries, progress=progress)
             measurements.extend(results)
     runner.summarise(measurements, {m: f["attention_levels"] for m, f in facts_by_model.items()})
+    if args.equal_quality:
+        add_proxy_errors(measurements, plan, facts_by_model)
     meta = {
         "machine": _machine(device), "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "batch": 1, "repeats": repeats,
@@ -136,7 +148,26 @@ def run_timing(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
               f"{other:.0%} of the CPU during a timed call.\n\n")
     (args.out / "results.md").write_text(header + table)
     print(header + table)
+    quality = report.write_quality(args.out, measurements)
+    if quality is not None:
+        print(quality)
     return meta
+
+
+def add_proxy_errors(measurements: list[runner.Measurement], plan: dict[str, list[tuple[int, list]]],
+                     facts_by_model: dict[str, dict]) -> None:
+    """Give every timed measurement the fidelity proxy's error of its configuration at its size: the plan's
+    configuration lists, which drove the timing, drive the proxy too."""
+    by_key = {(m.model, m.size, m.config): m for m in measurements}
+    total = sum(len(size_plan) for size_plan in plan.values()) * len(fidelity.IMAGES)
+    with _progress_bar(total, "fidelity proxy") as bar:
+        for model, size_plan in plan.items():
+            levels = facts_by_model[model]["attention_levels"]
+            for size, configs in size_plan:
+                errors = fidelity.configuration_errors(configs, size // LATENT_SCALE, levels,
+                                                       progress=lambda latent, image: bar.update())
+                for config in configs:
+                    by_key[(model, size, config.name)].derived["proxy_mse"] = errors[config.name]
 
 
 def _memory_note(device: torch.device) -> str:

@@ -23,14 +23,20 @@ on photograph-like features; its numbers rank the methods, they are not comparab
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from todo_ext.config import METHODS, ratio_to_factor
+
+if TYPE_CHECKING:
+    from todo_ext.bench.runner import BenchConfig
 
 IMAGES = ("astronaut", "coffee", "chelsea", "rocket")
 CHANNELS = 64
@@ -116,12 +122,18 @@ def todo_attention(attention: RandomSelfAttention, tokens: torch.Tensor, grid: i
 def tome_attention(attention: RandomSelfAttention, tokens: torch.Tensor, grid: int,
                    kv_tokens: int) -> tuple[torch.Tensor, int]:
     """tomesd's attn1 path (merge, attend, unmerge) leaving `kv_tokens` tokens where its stride allows."""
-    from tomesd.merge import bipartite_soft_matching_random2d
-
     total = tokens.shape[1]
     stride = max(2, math.ceil(math.sqrt(total / kv_tokens) - 1e-9))
-    merge, unmerge = bipartite_soft_matching_random2d(tokens, grid, grid, stride, stride, total - kv_tokens,
-                                                      no_rand=True)
+    return tome_merged_attention(attention, tokens, grid, stride, total - kv_tokens)
+
+
+def tome_merged_attention(attention: RandomSelfAttention, tokens: torch.Tensor, grid: int, stride: int,
+                          removed: int) -> tuple[torch.Tensor, int]:
+    """tomesd 0.1.3's attn1 path with its own arguments: merge `removed` tokens into one dst per stride x stride
+    cell, attend among the rest, unmerge; returns (output, tokens attended)."""
+    from tomesd.merge import bipartite_soft_matching_random2d
+
+    merge, unmerge = bipartite_soft_matching_random2d(tokens, grid, grid, stride, stride, removed, no_rand=True)
     merged = merge(tokens)
     return unmerge(attention(merged)), merged.shape[1]
 
@@ -163,6 +175,64 @@ def measure(grids: tuple[int, ...] = (64, 128), images: tuple[str, ...] = IMAGES
                     float(np.mean([v[1] for v in values])), float(np.mean([v[2] for v in values])))
         for (method, ratio, grid), values in collected.items()
     ]
+
+
+def _shortened_layers(config: BenchConfig, latent: int,
+                      levels: Sequence[int]) -> list[tuple[int, Callable[..., torch.Tensor]]]:
+    """(grid side, approximate attention) for every self-attention level that `config` shortens on a square latent
+    of side `latent`: what the engine plans for ToDo, depth 0 with the WebUI's r = int(tokens * ratio) for ToMe."""
+    import todo_ext
+
+    if config.kind == "todo":
+        method = config.todo.method
+        return [
+            (plan.grid[0], functools.partial(_downsampled_attention, factor=plan.factor, method=method))
+            for plan in todo_ext.plan_kv_tokens(config.todo, latent, latent, tuple(levels)) if plan.factor > 1.0
+        ]
+    if config.kind == "tome" and levels[0] == 0:
+        removed = int(latent * latent * config.tome_ratio)
+        return [(latent, functools.partial(_merged_attention, stride=config.tome_stride, removed=removed))]
+    return []
+
+
+def _downsampled_attention(attention, tokens, grid, *, factor, method):
+    from todo_ext.downsample import downsample_tokens
+
+    return attention(tokens, downsample_tokens(tokens, (grid, grid), factor, method))
+
+
+def _merged_attention(attention, tokens, grid, *, stride, removed):
+    return tome_merged_attention(attention, tokens, grid, stride, removed)[0]
+
+
+def configuration_errors(configs: Sequence[BenchConfig], latent: int, levels: Sequence[int],
+                         images: tuple[str, ...] = IMAGES, progress=None) -> dict[str, float]:
+    """Proxy error of each benchmark configuration at one square latent size, by configuration name.
+
+    Per self-attention level the configuration shortens, the MSE against exact attention on that level's token
+    grid (mean over the photographs), summed over those levels: for a configuration that acts at depth 0 only this
+    is the depth-0 layer's MSE of `measure`; the sum is a first-order total for one that also acts deeper.
+    The baseline, which shortens nothing, gets 0.
+    """
+    attention = RandomSelfAttention(torch.Generator().manual_seed(SEED))
+    errors = {config.name: 0.0 for config in configs}
+    layers = {config.name: _shortened_layers(config, latent, levels) for config in configs}
+    with torch.inference_mode():
+        for name in images:
+            image = photograph(name)
+            exact_by_grid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for config in configs:
+                for grid, approximate in layers[config.name]:
+                    if grid not in exact_by_grid:
+                        tokens = image_tokens(image, grid, torch.Generator().manual_seed(SEED + 1))
+                        exact_by_grid[grid] = tokens, attention(tokens)
+                    tokens, exact = exact_by_grid[grid]
+                    scale = exact.std()
+                    output = approximate(attention, tokens, grid)
+                    errors[config.name] += F.mse_loss(output / scale, exact / scale).item() / len(images)
+            if progress is not None:
+                progress(latent, name)
+    return errors
 
 
 PAPER_TABLE_1 = """| Method | Merge ratio | MSE | HPF |

@@ -1,4 +1,5 @@
-"""Benchmark output: a Markdown table, a JSON file and two PNG plots (speedup vs size; achieved vs bound).
+"""Benchmark output: a Markdown table, a JSON file and two PNG plots (speedup vs size; achieved vs bound); for the
+equal-quality sweep also speed against the fidelity proxy's error (quality.md, speed_vs_error.png).
 
 `python -m todo_ext.bench.report OUT RESULTS.json...` merges the results of several runs (e.g. the quick default
 and a separate large-size run) into one table and one pair of plots.
@@ -7,11 +8,12 @@ and a separate large-size run) into one table and one pair of plots.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
-from todo_ext.bench.runner import Measurement, Sample
+from todo_ext.bench.runner import CONFIGS_BY_NAME, Measurement, Sample
 
 TABLE_COLUMNS = (
     "Model", "Size", "Config", "Step (s)", "Speedup", "Peak mem (MiB)", "Attn share", "Bound", "Of bound",
@@ -47,6 +49,7 @@ def as_json(measurements: list[Measurement], meta: dict[str, Any]) -> dict[str, 
                 "model": m.model, "size": m.size, "config": m.config, "label": m.label,
                 "samples_s": [s.seconds for s in m.samples],
                 "other_cpu_share": [s.other_cpu_share for s in m.samples],
+                "own_cpu_s": [s.own_cpu_seconds for s in m.samples],
                 "peak_bytes": m.peak_bytes,
                 **m.derived,
             }
@@ -102,6 +105,121 @@ def plot_bound(path: Path, measurements: list[Measurement]) -> None:
     plt.close(figure)
 
 
+METHOD_NAMES = {"todo": "ToDo", "tome": "ToMe"}
+
+
+def pareto_frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (error, speedup) points that no other point beats in both, by increasing error."""
+    frontier: list[tuple[float, float]] = []
+    for error, speedup in sorted(points):
+        if not frontier or speedup > frontier[-1][1]:
+            frontier.append((error, speedup))
+    return frontier
+
+
+def speedup_at_error(points: list[tuple[float, float]], error: float) -> float | None:
+    """Speed-up a method reaches with a proxy error of at most `error`, from its measured (error, speedup) points.
+
+    Points that another point beats in both error and speed are dropped (the Pareto frontier); between two frontier
+    points the speed-up is interpolated linearly in error; beyond the last one it stays at the fastest measured;
+    below the first (the smallest error measured) the method has no measured setting, so None.
+    """
+    frontier = pareto_frontier(points)
+    if not frontier or error < frontier[0][0]:
+        return None
+    for (low_error, low_speed), (high_error, high_speed) in itertools.pairwise(frontier):
+        if error < high_error:
+            return low_speed + (high_speed - low_speed) * (error - low_error) / (high_error - low_error)
+    return frontier[-1][1]
+
+
+def _method_points(rows: list[Measurement]) -> dict[str, list[tuple[float, float]]]:
+    points: dict[str, list[tuple[float, float]]] = {}
+    for m in rows:
+        kind = CONFIGS_BY_NAME[m.config].kind
+        if kind in METHOD_NAMES:
+            points.setdefault(kind, []).append((m.derived["proxy_mse"], m.derived["speedup"]))
+    return points
+
+
+def _quality_groups(measurements: list[Measurement]) -> dict[tuple[str, int], list[Measurement]]:
+    groups: dict[tuple[str, int], list[Measurement]] = {}
+    for m in measurements:
+        if m.derived.get("proxy_mse") is not None:
+            groups.setdefault((m.model, m.size), []).append(m)
+    return groups
+
+
+def quality_tables(measurements: list[Measurement]) -> str:
+    """Markdown: per model and size, every configuration's step time, speed-up and proxy MSE; then the speed-up
+    each method reaches at the proxy errors its frontier configurations measured, and ToDo's over ToMe's."""
+    lines = ["| Model | Size | Config | Step (s) | Speedup | CPU-time speedup | Others' CPU | Proxy MSE |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups = _quality_groups(measurements)
+    for (model, size), rows in groups.items():
+        for m in sorted(rows, key=lambda m: (CONFIGS_BY_NAME[m.config].kind != "baseline",
+                                             CONFIGS_BY_NAME[m.config].kind, m.derived["proxy_mse"])):
+            cpu_speedup = m.derived.get("cpu_time_speedup")
+            lines.append(f"| {model} | {size}px | {m.label} | {m.derived['median_s']:.2f} | "
+                         f"{m.derived['speedup']:.2f}x | {_fmt(cpu_speedup, '.2f')}{'x' if cpu_speedup else ''} | "
+                         f"{m.derived['max_other_cpu_share']:.0%} | {m.derived['proxy_mse']:.2e} |")
+    lines += ["", "| Model | Size | Proxy MSE at most | ToDo speedup | ToMe speedup | ToDo over ToMe |",
+              "|---|---|---|---|---|---|"]
+    for (model, size), rows in groups.items():
+        points = _method_points(rows)
+        for error in _error_levels(points):
+            todo, tome = (speedup_at_error(points.get(kind, []), error) for kind in METHOD_NAMES)
+            ratio = f"{todo / tome:.2f}x" if todo and tome else "–"
+            lines.append(f"| {model} | {size}px | {error:.2e} | {_fmt(todo, '.2f')}{'x' if todo else ''} | "
+                         f"{_fmt(tome, '.2f')}{'x' if tome else ''} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _error_levels(points: dict[str, list[tuple[float, float]]]) -> list[float]:
+    """The errors of every method's frontier configurations: at each, one method is measured exactly."""
+    return sorted({error for method_points in points.values() for error, _ in pareto_frontier(method_points)})
+
+
+def plot_speed_vs_error(path: Path, measurements: list[Measurement]) -> None:
+    """Speed-up against proxy MSE (log scale), one panel per model and size, one line per method."""
+    plt = _pyplot()
+    groups = _quality_groups(measurements)
+    figure, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.6), squeeze=False)
+    for axis, ((model, size), rows) in zip(axes[0], groups.items(), strict=True):
+        for kind, name in METHOD_NAMES.items():
+            mine = sorted((m for m in rows if CONFIGS_BY_NAME[m.config].kind == kind),
+                          key=lambda m: m.derived["proxy_mse"])
+            if not mine:
+                continue
+            points = [(m.derived["proxy_mse"], m.derived["speedup"]) for m in mine]
+            line, = axis.plot(*zip(*pareto_frontier(points), strict=True), "-" if kind == "todo" else "--",
+                              label=name)
+            axis.plot(*zip(*points, strict=True), "o" if kind == "todo" else "s", color=line.get_color())
+            for m in mine:
+                axis.annotate(m.config.split("-", 1)[1], (m.derived["proxy_mse"], m.derived["speedup"]),
+                              fontsize=6, xytext=(3, 3), textcoords="offset points", color=line.get_color())
+        axis.axhline(1.0, color="grey", lw=0.6, ls=":")
+        axis.set_xscale("log")
+        axis.margins(x=0.12, y=0.08)
+        axis.xaxis.set_minor_formatter(plt.NullFormatter())
+        axis.set(title=f"{model} {size}px", xlabel="fidelity proxy MSE (log)", ylabel="step speedup (x)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def write_quality(out: Path, measurements: list[Measurement]) -> str | None:
+    """quality.md and speed_vs_error.png where the measurements carry proxy errors; returns the tables."""
+    if not _quality_groups(measurements):
+        return None
+    tables = quality_tables(measurements)
+    (out / "quality.md").write_text(tables)
+    plot_speed_vs_error(out / "speed_vs_error.png", measurements)
+    return tables
+
+
 def _pyplot():
     import matplotlib
 
@@ -114,12 +232,14 @@ def _pyplot():
 def measurements_from_json(data: dict[str, Any]) -> list[Measurement]:
     """Rebuild the measurements of a results.json written by write_json."""
     derived_keys = set(data["results"][0]) - {"model", "size", "config", "label", "samples_s", "other_cpu_share",
-                                              "peak_bytes"} if data["results"] else set()
+                                              "own_cpu_s", "peak_bytes"} if data["results"] else set()
     return [
         Measurement(
             r["model"], r["size"], r["config"], r["label"],
             samples=[
-                Sample(s, {}, other_cpu_share=o) for s, o in zip(r["samples_s"], r["other_cpu_share"], strict=True)
+                Sample(s, {}, other_cpu_share=o, own_cpu_seconds=c)
+                for s, o, c in zip(r["samples_s"], r["other_cpu_share"],
+                                   r.get("own_cpu_s", [None] * len(r["samples_s"])), strict=True)
             ],
             peak_bytes=r["peak_bytes"], derived={key: r[key] for key in derived_keys},
         )
@@ -137,7 +257,8 @@ def combine(out: Path, result_files: list[Path]) -> str:
     plot_bound(out / "bound.png", measurements)
     table = markdown_table(measurements)
     (out / "results.md").write_text(table)
-    return table
+    quality = write_quality(out, measurements)
+    return table if quality is None else table + "\n" + quality
 
 
 def main(argv: list[str] | None = None) -> None:

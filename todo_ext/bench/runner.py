@@ -63,11 +63,20 @@ def _tome_stride_for(ratio: float) -> int:
 TODO_RATIOS = (0.75, 0.89, 0.9375)
 ALL_CONFIGS = (
     BenchConfig("baseline", "baseline"),
+    BenchConfig("todo-0.5", "todo", todo=ToDoConfig(ratio=0.5)),
     *(BenchConfig(f"todo-{r:g}", "todo", todo=ToDoConfig(ratio=r)) for r in TODO_RATIOS),
+    BenchConfig("todo-0.75-d1", "todo", todo=ToDoConfig(ratio=0.75, max_depth=1)),
     BenchConfig("todo-auto", "todo", todo=ToDoConfig(auto=True)),
+    *(BenchConfig(f"tome-{r:g}", "tome", tome_ratio=r) for r in (0.3, 0.5)),
     *(BenchConfig(f"tome-{r:g}", "tome", tome_ratio=r, tome_stride=_tome_stride_for(r)) for r in TODO_RATIOS),
 )
 CONFIGS_BY_NAME = {config.name: config for config in ALL_CONFIGS}
+EQUAL_QUALITY_CONFIGS = (
+    "baseline", "todo-0.75", "todo-0.89", "todo-0.9375", "todo-0.75-d1", "tome-0.3", "tome-0.5", "tome-0.75",
+)
+"""The equal-quality sweep (`--equal-quality`): one list that both the step timing and the fidelity proxy run.
+ToMe stays at the WebUI's 2x2 stride, whose ceiling is 0.75; todo-0.75-d1 also halves each side at depth 1.
+ToDo 0.5 (a fractional factor, 1.41) is left out: its proxy error is above 0.75's, so it is never the better pick."""
 
 
 class _Applied:
@@ -189,6 +198,9 @@ class Sample:
     todo_hook_seconds: float = 0.0
     other_cpu_share: float | None = None
     """Fraction of the machine's CPU time that other processes used during the call (None where unknown)."""
+    own_cpu_seconds: float | None = None
+    """CPU seconds this process (all its threads) used during the call: less swayed than wall time by other
+    processes taking the CPU, though not immune (shared caches, threads waiting on each other)."""
 
 
 def _busy_cpu_seconds() -> tuple[float, float] | None:
@@ -242,10 +254,10 @@ def _wait_for_quiet_cpu(max_wait_s: float) -> None:
             return
 
 
-def _clean_timed_call(unet, inputs, device, timer: LayerTimer, quiet_wait_s: float) -> Sample:
+def _clean_timed_call(unet, inputs, device, timer: LayerTimer, quiet_wait_s: float, retries: int = RETRIES) -> Sample:
     """A timed call on a quiet CPU, retried when other processes took CPU during it; the least disturbed one wins."""
     samples = []
-    for _ in range(1 + (RETRIES if device.type == "cpu" else 0)):
+    for _ in range(1 + (retries if device.type == "cpu" else 0)):
         if device.type == "cpu":
             _wait_for_quiet_cpu(quiet_wait_s)
         samples.append(_timed_call(unet, inputs, device, timer))
@@ -267,11 +279,12 @@ def _timed_call(unet, inputs, device, timer: LayerTimer) -> Sample:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     cpu_after = _busy_cpu_seconds()
-    other = None
+    other, own = None, None
     if cpu_before and cpu_after:
-        other_seconds = (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1])
+        own = cpu_after[1] - cpu_before[1]
+        other_seconds = (cpu_after[0] - cpu_before[0]) - own
         other = min(1.0, max(0.0, other_seconds / (seconds * (os.cpu_count() or 1))))
-    return Sample(seconds, dict(timer.seconds_by_depth), hooks.seconds, other)
+    return Sample(seconds, dict(timer.seconds_by_depth), hooks.seconds, other, own)
 
 
 def _memory_call(unet, inputs, device) -> int:
@@ -293,7 +306,7 @@ def _schedule(size_plan: list[tuple[int, list[BenchConfig]]], repeats: int,
 
 def run_model(layout: str, size_plan: list[tuple[int, list[BenchConfig]]], *, repeats: int, device: torch.device,
               dtype: torch.dtype, width: int = FULL_WIDTH, warmup: bool = True, quiet_wait_s: float = QUIET_WAIT_S,
-              progress=None) -> tuple[list[Measurement], dict]:
+              retries: int = RETRIES, progress=None) -> tuple[list[Measurement], dict]:
     """Measure the configurations of every (size, configs) entry on one U-Net layout; returns measurements and facts.
 
     warmup=False skips the warm-up calls, for sizes where one call takes minutes; peak memory is then not measured.
@@ -315,7 +328,8 @@ def run_model(layout: str, size_plan: list[tuple[int, list[BenchConfig]]], *, re
                 try:
                     with torch.inference_mode():
                         if timed:
-                            measurement.samples.append(_clean_timed_call(unet, inputs, device, timer, quiet_wait_s))
+                            measurement.samples.append(
+                                _clean_timed_call(unet, inputs, device, timer, quiet_wait_s, retries))
                         else:
                             measurement.peak_bytes = _memory_call(unet, inputs, device)
                     measurement.engine_stats = applied.stats()
@@ -389,9 +403,15 @@ def summarise(measurements: list[Measurement], levels_by_model: dict[str, list[i
         layer_base = statistics.median(sum(s.attn1_seconds_by_depth.get(d, 0.0) for d in reduced) for s in base.samples)
         layer_here = statistics.median(sum(s.attn1_seconds_by_depth.get(d, 0.0) for d in reduced) for s in m.samples)
         speedup = base_median / median
+        own_cpu, base_own_cpu = (
+            [s.own_cpu_seconds for s in samples if s.own_cpu_seconds is not None]
+            for samples in (m.samples, base.samples)
+        )
         m.derived = {
             "median_s": median,
             "speedup": speedup,
+            "cpu_time_speedup": statistics.median(base_own_cpu) / statistics.median(own_cpu)
+            if own_cpu and base_own_cpu else None,
             "peak_mib": None if m.peak_bytes is None else m.peak_bytes / 2**20,
             "baseline_peak_mib": None if base.peak_bytes is None else base.peak_bytes / 2**20,
             "attn_share": affected_share,
