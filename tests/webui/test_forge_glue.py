@@ -26,7 +26,7 @@ def todo_patches(sd_model):
 @pytest.fixture
 def job(webui, unet):
     """Runs txt2img jobs in Forge's pass order and records, per sampling pass, the ToDo patches in place."""
-    from modules import processing, script_callbacks, scripts
+    from modules import processing, script_callbacks, scripts, shared
 
     script = webui.ToDoScript()
     runner = scripts.ScriptRunner([script])
@@ -43,9 +43,10 @@ def job(webui, unet):
         return forge_host.calc_cond_uncond_batch(p.sd_model.forge_objects.unet, x, sigma, context)
 
     def run(args=(), *, model=None, sample=sample, token_merging_ratio=0.0, **p_fields):
-        model = model or forge_host.ForgeDiffusionEngine(unet)
+        shared.sd_model = model or forge_host.ForgeDiffusionEngine(unet)  # what p.sd_model returns, as on Forge
         script_args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
-        p = processing.StableDiffusionProcessingTxt2Img(model, runner, script_args, **p_fields)
+        p = processing.StableDiffusionProcessingTxt2Img(shared.sd_model, runner,
+                                                        runner.api_script_args(script, script_args), **p_fields)
         return p, forge_host.process_images(p, sample, token_merging_ratio=token_merging_ratio)
 
     return types.SimpleNamespace(run=run, seen=seen, runner=runner, sample=sample)
@@ -88,7 +89,7 @@ def test_hires_only_and_hires_off(job):
 
 
 def test_refiner_switch_mid_pass_gets_the_patch(job, unet):
-    from modules import script_callbacks
+    from modules import script_callbacks, shared
 
     refiner = forge_host.ForgeDiffusionEngine(build_unet("sd15", width=32, seed=2))
     patched = []
@@ -97,7 +98,7 @@ def test_refiner_switch_mid_pass_gets_the_patch(job, unet):
         context = torch.zeros(1, 77, 768)
         for step in range(2):
             if step == 1:
-                p.sd_model = refiner  # Forge: apply_refiner reloads shared.sd_model, which p.sd_model returns
+                shared.sd_model = refiner  # Forge: apply_refiner reloads shared.sd_model, which p.sd_model returns
             script_callbacks.cfg_denoiser_callback(
                 script_callbacks.CFGDenoiserParams(x, None, None, step, 2, context, context,
                                                    types.SimpleNamespace(p=p)))
