@@ -343,7 +343,7 @@ def install_api_validation(_demo, app):
 
 def complete_pasted_infotext(_infotext, params):
     """Infotext of an older ToDo lacks the newer keys: fill in the values that reproduce those images, before the
-    WebUI pastes the parameters into the controls (UI paste and the API's `infotext` field alike)."""
+    WebUI pastes the parameters into the controls (paste button, PNG Info's Send to, /sdapi/v1/png-info)."""
     todo_args.complete_infotext(params)
 
 
