@@ -341,12 +341,6 @@ def install_api_validation(_demo, app):
     api_validation.install(app, current_defaults, parse_generation_parameters)
 
 
-def complete_pasted_infotext(_infotext, params):
-    """Infotext of an older ToDo lacks the newer keys: fill in the values that reproduce those images, before the
-    WebUI pastes the parameters into the controls (paste button, PNG Info's Send to, /sdapi/v1/png-info)."""
-    todo_args.complete_infotext(params)
-
-
 def on_script_unloaded():
     remove_all_hooks()
 
@@ -357,5 +351,4 @@ script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)
 script_callbacks.on_script_unloaded(on_script_unloaded)
-script_callbacks.on_infotext_pasted(complete_pasted_infotext)
 script_callbacks.on_cfg_denoiser(follow_model_switch)

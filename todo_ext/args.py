@@ -282,19 +282,6 @@ def setting_key(spec: FieldSpec) -> str:
 SETTING_FIELDS: tuple[FieldSpec, ...] = tuple(spec for spec in FIELDS if spec.setting)
 
 
-INFOTEXT_WHEN_MISSING = {FIELDS_BY_NAME["deeper_ratio"].infotext_key: repr(SAME_AS_RATIO)}
-"""Keys that ToDo infotext from before a field existed lacks, with the value that reproduces those images."""
-
-
-def complete_infotext(params: dict[str, Any]) -> dict[str, Any]:
-    """Give pasted parameters written by an older ToDo (they have the "ToDo" key) the keys they lack, in place,
-    so that pasting them sets today's controls to what those images were made with."""
-    if INFOTEXT_ENABLED_KEY in params:
-        for key, value in INFOTEXT_WHEN_MISSING.items():
-            params.setdefault(key, value)
-    return params
-
-
 def infotext_params(args: ToDoArgs) -> dict[str, str | int | float]:
     """Every ToDo setting as "ToDo ..." infotext keys, enough to reproduce both passes; write only when active."""
     return {spec.infotext_key: spec.format(getattr(args, spec.name)) for spec in FIELDS}
@@ -352,7 +339,6 @@ def paste_target(spec: FieldSpec) -> PasteTarget:
 def args_from_infotext(params: Mapping[str, Any], current: ToDoArgs | None = None) -> ToDoArgs:
     """`current` with every control that a pasted infotext sets (the paste round trip as one object)."""
     current = current or ToDoArgs()
-    params = complete_infotext(dict(params))
     values = {spec.name: paste_value(spec.name, params) for spec in FIELDS}
     return current.with_values({name: value for name, value in values.items() if value is not None})
 
