@@ -190,14 +190,19 @@ def test_invalid_todo_keys_in_the_infotext_field_rejected_before_generation(info
 
 
 def test_valid_todo_keys_in_the_infotext_field_apply():
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "infotext": "Steps: 3, Sampler: Euler, Seed: 1"})
+    if status == 500:
+        pytest.skip(f"this host's own `infotext` request field fails without any ToDo key: {body}")
     infotext = "Steps: 3, Sampler: Euler, Seed: 1, ToDo: True, ToDo ratio: 0.9375, ToDo method: avg-pool"
     _, info = txt2img(infotext=infotext)
     assert "ToDo ratio: 0.9375" in info and "ToDo method: avg-pool" in info and "(4x)" in info
 
 
 def test_rejection_carries_the_hosts_timing_header():
+    _, _, accepted_headers = call_with_headers("/sdapi/v1/options")
     status, _, response_headers = call_with_headers(
         "/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [True, 2.0]}}})
+    assert accepted_headers.get("X-Process-Time")
     assert status == 422 and response_headers.get("X-Process-Time")
 
 
@@ -221,14 +226,27 @@ def test_unauthenticated_requests_get_401_whatever_their_todo_args(todo):
 
 
 def test_note_in_the_info_json_is_the_infotexts_text():
-    """Token merging changes the tokens attn1 sees, so ToDo steps aside there and says so in "ToDo note"."""
+    """On A1111 Token merging changes the tokens attn1 sees, so ToDo steps aside there and says so in "ToDo note";
+    Forge and reForge merge only the queries, so ToDo composes with it and writes no note. Either way the info
+    JSON has what the infotext has."""
     status, body = call("/sdapi/v1/txt2img", {**BASE, "alwayson_scripts": {"ToDo": {"args": [True]}},
                                                "override_settings": {"token_merging_ratio": 0.5}})
     assert status == 200, body
     info = json.loads(body["info"])
     note = info["extra_generation_params"].get("ToDo note")
-    assert isinstance(note, str) and note
-    assert f"ToDo note: {note}" in info["infotexts"][0] or f'ToDo note: "{note}"' in info["infotexts"][0]
+    infotext = info["infotexts"][0]
+    assert ("ToDo note:" in infotext) == (note is not None)
+    if note is None:
+        assert INFOTEXT_FIRST_PASS_KV_KEY in infotext
+    else:
+        assert isinstance(note, str) and note
+        assert f"ToDo note: {note}" in infotext or f'ToDo note: "{note}"' in infotext
+
+
+def setting(options, name):
+    """A Settings > ToDo default as /sdapi/v1/options reports it: A1111 lists every option, Forge only the ones
+    set (`shared.opts.data`), so an absent one has its built-in default."""
+    return options.get(f"todo_default_{name}", getattr(ToDoArgs(), name))
 
 
 def test_api_defaults_are_the_settings():
@@ -237,8 +255,8 @@ def test_api_defaults_are_the_settings():
     _, scripts = call("/sdapi/v1/script-info")
     todo = next(script for script in scripts if script["name"] == "todo" and not script["is_img2img"])
     values = {arg["label"]: arg["value"] for arg in todo["args"]}
-    assert values["Ratio"] == options["todo_default_ratio"]
-    assert values["Method"] == options["todo_default_method"]
+    assert values["Ratio"] == setting(options, "ratio")
+    assert values["Method"] == setting(options, "method")
 
 
 def test_xyz_axes_offered_and_applied():
@@ -268,5 +286,5 @@ def test_ui_controls_show_the_settings_not_ui_config():
     values = {component["props"].get("elem_id"): component["props"].get("value")
               for component in config["components"] if "props" in component}
     _, options = call("/sdapi/v1/options")
-    assert values["script_txt2img_todo_ratio"] == options["todo_default_ratio"]
-    assert values["script_img2img_todo_method"] == options["todo_default_method"]
+    assert values["script_txt2img_todo_ratio"] == setting(options, "ratio")
+    assert values["script_img2img_todo_method"] == setting(options, "method")
