@@ -270,6 +270,8 @@ def test_xyz_axes_offered_and_applied():
     script_args = [arg["value"] for arg in xyz["args"]]
     script_args[0], script_args[1] = choices.index("[ToDo] Ratio"), "0.75, 0.9375"
     script_args[3] = script_args[6] = 0
+    labels = [arg["label"] for arg in xyz["args"]]
+    script_args[labels.index("Include Sub Images")] = True  # reForge's API otherwise returns only the grid's infotext
     status, body = call("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": script_args,
                                                "alwayson_scripts": {"ToDo": {"args": [True]}}})
     assert status == 200, body
