@@ -64,18 +64,24 @@ def _unwrapped(block: nn.Module) -> nn.Module:
     return block
 
 
-def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
-    """Every BasicTransformerBlock of the U-Net with its level (log2 of the latent's downscale there)."""
+def _self_attention_blocks(unet: nn.Module) -> list[tuple[tuple[str, int], nn.Module, int]]:
+    """Every BasicTransformerBlock of the U-Net with the block it sits in, named as Forge-style hosts name it
+    (("input", i), ("middle", 0), ("output", i)), and its level (log2 of the latent's downscale there)."""
     if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
         raise UnsupportedModelError(
             f"ToDo: {type(unet).__name__} is not an ldm/sgm UNetModel (no input_blocks/middle_block/output_blocks)"
         )
+    named_blocks = [
+        *((("input", index), block) for index, block in enumerate(unet.input_blocks)),
+        (("middle", 0), unet.middle_block),
+        *((("output", index), block) for index, block in enumerate(unet.output_blocks)),
+    ]
     found = []
     level = 0
-    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+    for name, block in named_blocks:
         for layer in _unwrapped(block).children():
             found.extend(
-                (module, level)
+                (name, module, level)
                 for module in layer.modules()
                 if _is_a(module, "BasicTransformerBlock") and isinstance(getattr(module, "attn1", None), nn.Module)
             )
@@ -83,6 +89,11 @@ def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
     if not found:
         raise UnsupportedModelError(f"ToDo: {type(unet).__name__} has no BasicTransformerBlock self-attention")
     return found
+
+
+def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
+    """Every BasicTransformerBlock of the U-Net with its level."""
+    return [(module, level) for _, module, level in _self_attention_blocks(unet)]
 
 
 def _distinct_levels(blocks: list[tuple[nn.Module, int]]) -> tuple[int, ...]:
@@ -429,17 +440,4 @@ def remove(unet: nn.Module) -> int:
 def attention_levels_by_block(unet: nn.Module) -> dict[tuple[str, int], int]:
     """Level of the self-attention in each U-Net block, keyed the way Forge-style hosts name the block they are
     running (`transformer_options["block"]`): ("input", i), ("middle", 0), ("output", i)."""
-    _self_attention_levels(unet)
-    named_blocks = [
-        *((("input", index), block) for index, block in enumerate(unet.input_blocks)),
-        (("middle", 0), unet.middle_block),
-        *((("output", index), block) for index, block in enumerate(unet.output_blocks)),
-    ]
-    found = {}
-    level = 0
-    for key, block in named_blocks:
-        for layer in block.children():
-            if any(_is_a(module, "BasicTransformerBlock") for module in layer.modules()):
-                found[key] = level
-            level += _resolution_change(layer)
-    return found
+    return {name: level for name, _, level in _self_attention_blocks(unet)}
