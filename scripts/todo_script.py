@@ -82,23 +82,49 @@ def _not_saved_in_ui_config(component):
     return component
 
 
-class _PassNote:
-    """Infotext "ToDo note", evaluated when the WebUI writes the infotext (after sampling, so stats are in)."""
+PASS_KINDS = ("first", "hires")
+
+
+class _JobRecord:
+    """What ToDo did in one job, for the infotext: the handle of every attach, by pass kind, and the reasons it
+    could not attach. The infotext entries are callables the WebUI evaluates when it writes the infotext, after
+    sampling, so they state what the engine recorded, never a plan."""
 
     def __init__(self):
         self.notes = []
-        self.handles = []
+        self.handles = {kind: [] for kind in PASS_KINDS}
         self.warned = set()  # engine warnings already logged in this job: each appears once per generation
 
-    def passed_through(self):
-        return sum(handle.stats["passed_through"] for handle in self.handles)
+    def record(self, kind=None):
+        kinds = PASS_KINDS if kind is None else (kind,)
+        return todo_ext.PassRecord.merged(handle.record for each in kinds for handle in self.handles[each])
 
-    def __call__(self, **_locals):
-        passed_through = self.passed_through()
-        notes = list(self.notes)
-        if passed_through:
-            notes.append(f"stepped aside in {passed_through} attention calls changed by another patch")
-        return "; ".join(notes) or None
+    def never_called(self):
+        """Passes ToDo attached to whose hooks or patch the host never ran (an attention path that skips them)."""
+        return [kind for kind in PASS_KINDS if self.handles[kind] and not self.record(kind).calls]
+
+    def sampling_notes(self):
+        """What sampling showed: passes whose hooks or patch the host never ran, calls ToDo stepped aside in."""
+        notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
+                 for kind in self.never_called()]
+        aside = self.record().aside_text()
+        return [*notes, aside] if aside else notes
+
+    def note(self, **_locals):
+        return "; ".join([*self.notes, *self.sampling_notes()]) or None
+
+    def new_batch(self):
+        for handles in self.handles.values():
+            handles.clear()
+
+    def kv_line(self, kind):
+        def line(**_locals):
+            return self.record(kind).kv_text()
+
+        return line
+
+
+KV_KEYS = {"first": todo_args.INFOTEXT_FIRST_PASS_KV_KEY, "hires": todo_args.INFOTEXT_HIRES_KV_KEY}
 
 
 class ToDoScript(scripts.Script):
@@ -153,40 +179,40 @@ class ToDoScript(scripts.Script):
         p.extra_generation_params = {
             key: value for key, value in p.extra_generation_params.items() if not key.startswith(SCRIPT_TITLE)
         }
-        p.todo_note = _PassNote()
+        p.todo_job = _JobRecord()
+
+    def before_process_batch(self, p, *args, **kwargs):
+        """Each batch's images record what ToDo did in that batch's passes (the WebUI writes their infotexts
+        right after the batch)."""
+        _job_of(p).new_batch()
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        sd_model = getattr(p, "sd_model", None)
-        remove_all_hooks(sd_model)
-        is_hires = bool(getattr(p, "is_hr_pass", False))
+        remove_all_hooks(getattr(p, "sd_model", None))
+        kind = _pass_kind(p)
         job_args = self._job_args(p, args)
-        config = job_args.config_for_pass(is_hires) if job_args else None
+        config = job_args.config_for_pass(kind == "hires") if job_args else None
         p.todo_pass_config = config
-        if config is None:
+        if config is None or not hook_unet(p, config):
             return
-        unet = hook_unet(p, config)
-        if unet is None:
-            return
-        latent_height, latent_width = self._latent_size(p, kwargs.get("x"), is_hires)
-        plans = todo_ext.plan_kv_tokens(config, latent_height, latent_width, todo_ext.attention_levels(unet))
-        summary = todo_args.kv_summary(plans)
-        kv_key = todo_args.INFOTEXT_HIRES_KV_KEY if is_hires else todo_args.INFOTEXT_FIRST_PASS_KV_KEY
-        repeated = p.extra_generation_params.get(kv_key) == summary  # Forge's second call in the hires pass
+        job = _job_of(p)
         p.extra_generation_params.update(todo_args.infotext_params(job_args))
-        p.extra_generation_params[kv_key] = summary
-        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = p.todo_note
-        if not repeated:
-            print(f"[ToDo] {'hires' if is_hires else 'first'} pass K/V tokens: {summary}")
+        p.extra_generation_params[KV_KEYS[kind]] = job.kv_line(kind)
+        p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = job.note
 
     def postprocess(self, p, processed, *args):
         remove_all_hooks(getattr(p, "sd_model", None))
-        note = getattr(p, "todo_note", None)
-        passed_through = note.passed_through() if isinstance(note, _PassNote) else 0
-        if p.extra_generation_params.get(todo_args.INFOTEXT_NOTE_KEY) is note is not None:
-            _write_note_as_text(p.extra_generation_params, note)
-        if passed_through:
-            print(f"[ToDo] warning: {passed_through} attention calls had tokens changed by another patch "
-                  "(Token merging or Hypertile?); ToDo left them unchanged")
+        job = getattr(p, "todo_job", None)
+        if not isinstance(job, _JobRecord):
+            return
+        params = p.extra_generation_params
+        for kind, key in KV_KEYS.items():
+            if key in params:
+                _write_as_text(params, key)
+                print(f"[ToDo] {kind} pass K/V: {params.get(key, 'nothing recorded')}")
+        if todo_args.INFOTEXT_NOTE_KEY in params:
+            _write_as_text(params, todo_args.INFOTEXT_NOTE_KEY)
+        for note in job.sampling_notes():
+            print(f"[ToDo] warning: {note}")
 
     def _job_args(self, p, script_args):
         try:
@@ -194,65 +220,70 @@ class ToDoScript(scripts.Script):
             overrides = getattr(p, "todo_overrides", None)
             return job_args.with_values(overrides) if overrides else job_args
         except ValueError as error:
-            _step_aside(p, _note_of(p), f"invalid arguments, ToDo off ({error})")
+            _step_aside(p, f"invalid arguments, ToDo off ({error})")
             return None
 
-    @staticmethod
-    def _latent_size(p, latent, is_hires):
-        if latent is not None and hasattr(latent, "shape") and len(latent.shape) == 4:
-            return int(latent.shape[-2]), int(latent.shape[-1])
-        width, height = (p.hr_upscale_to_x, p.hr_upscale_to_y) if is_hires else (p.width, p.height)
-        return -(-height // 8), -(-width // 8)
+
+def _pass_kind(p):
+    return "hires" if getattr(p, "is_hr_pass", False) else "first"
 
 
-def _write_note_as_text(params, note):
+def _write_as_text(params, key):
     """The API's info JSON (Processed.js, written after postprocess from the same dict) shows a callable as null:
-    leave the text that the last infotext got instead."""
-    text = note()
+    leave the text that the last infotext got instead (or no key where it has nothing to say)."""
+    value = params[key]
+    text = value() if callable(value) else value
     if text is None:
-        params.pop(todo_args.INFOTEXT_NOTE_KEY, None)
+        params.pop(key)
     else:
-        params[todo_args.INFOTEXT_NOTE_KEY] = text
+        params[key] = text
 
 
-def _note_of(p):
-    if not isinstance(getattr(p, "todo_note", None), _PassNote):
-        p.todo_note = _PassNote()
-    return p.todo_note
+def _job_of(p):
+    if not isinstance(getattr(p, "todo_job", None), _JobRecord):
+        p.todo_job = _JobRecord()
+    return p.todo_job
 
 
-def _step_aside(p, note, reason):
-    if reason not in note.notes:
-        note.notes.append(reason)
+def _step_aside(p, reason):
+    job = _job_of(p)
+    if reason not in job.notes:
+        job.notes.append(reason)
         print(f"[ToDo] warning: {reason}; generating without ToDo")
-    p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = note
+    p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = job.note
 
 
 def hook_unet(p, config):
-    """Attach `config` to the U-Net of the model loaded now, the host's way (hosts.adapter_for); returns that
-    U-Net, or None (with one warning and a note) where ToDo cannot act."""
-    note = _note_of(p)
+    """Attach `config` to the U-Net of the model loaded now, the host's way (hosts.adapter_for); returns whether
+    it did. Where ToDo cannot act it says why once (a warning and a note) and stops trying for this pass."""
+    job = _job_of(p)
     sd_model = getattr(p, "sd_model", None)
     adapter = hosts.adapter_for(sd_model)
     unet = adapter.unet_of(sd_model)
+    reason = None
     if unet is None:
-        _step_aside(p, note, "the loaded model has no torch U-Net")
-        return None
-    if adapter is hosts.a1111 and sd_unet.current_unet is not None:
-        _step_aside(p, note, "an alternative U-Net (e.g. TensorRT) runs instead of the torch one")
-        return None
-    try:
-        handle = adapter.attach(sd_model, config, note.warned)
-    except todo_ext.UnsupportedModelError:
-        _step_aside(p, note, f"model not supported ({type(unet).__name__}; needs SD1.x/SD2.x/SDXL attention)")
-        return None
+        reason = "the loaded model has no torch U-Net"
+    elif adapter is hosts.a1111 and sd_unet.current_unet is not None:
+        reason = "an alternative U-Net (e.g. TensorRT) runs instead of the torch one"
+    else:
+        try:
+            handle = adapter.attach(sd_model, config, job.warned)
+        except todo_ext.UnsupportedModelError:
+            reason = f"model not supported ({type(unet).__name__}; needs SD1.x/SD2.x/SDXL attention)"
+        except Exception as error:
+            todo_ext.patch.log.exception("ToDo: could not attach to %s", type(unet).__name__)
+            reason = f"could not attach ({type(error).__name__}: {error})"
+    if reason is not None:
+        p.todo_pass_config = None
+        _step_aside(p, reason)
+        return False
     if adapter is hosts.forge:
         _forge_handles.add(handle)
     else:
         _hooked_unets.add(unet)
     _hooking_job[0] = weakref.ref(p)
-    note.handles.append(handle)
-    return unet
+    job.handles[_pass_kind(p)].append(handle)
+    return True
 
 
 def _attached(sd_model):

@@ -163,7 +163,7 @@ def test_middle_block_replacements_pag_and_sag_keep_working(layout, caplog):
         sag = forge_host.calc_cond_uncond_batch(sag_patcher, x, sigma, context)
     assert pag.shape == x.shape and torch.equal(pag, sag)
     assert handle.stats["passed_through"] == 2 and handle.stats["downsampled"] > 0
-    assert ["replaces the self-attention" in record.getMessage() for record in caplog.records] == [True]
+    assert ["replaces the layer's self-attention" in record.getMessage() for record in caplog.records] == [True]
 
 
 def test_models_without_the_ldm_layout_are_rejected_clearly():

@@ -3,6 +3,7 @@
 from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
 from .patch import (
+    AttentionSite,
     LevelPlan,
     PassState,
     ToDoHandle,
@@ -14,10 +15,13 @@ from .patch import (
     plan_kv_tokens,
     remove,
 )
+from .record import PassRecord
 
 __all__ = [
     "METHODS",
+    "AttentionSite",
     "LevelPlan",
+    "PassRecord",
     "PassState",
     "ToDoConfig",
     "ToDoHandle",

@@ -343,17 +343,6 @@ def args_from_infotext(params: Mapping[str, Any], current: ToDoArgs | None = Non
     return current.with_values({name: value for name, value in values.items() if value is not None})
 
 
-def kv_summary(plans: Sequence[Any]) -> str:
-    """K/V tokens per attention depth, e.g. "d0 16384->4096 (2x) d1 4096": for infotext and the console."""
-    parts = []
-    for plan in plans:
-        if plan.kv_tokens == plan.tokens:
-            parts.append(f"d{plan.depth} {plan.tokens}")
-        else:
-            parts.append(f"d{plan.depth} {plan.tokens}->{plan.kv_tokens} ({plan.factor:g}x)")
-    return " ".join(parts)
-
-
 def factor_label(ratio: float) -> str:
     """How the UI shows a ratio with the per-side factor it means, e.g. "0.75 = 2x per side (25% of K/V kept)"."""
     if ratio == 0:

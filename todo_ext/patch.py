@@ -1,25 +1,22 @@
 """Hooking ToDo into an ldm or sgm UNetModel with torch module hooks on instances.
 
-A forward pre-hook on the U-Net reads the latent's grid, batch and timestep for the call. A forward pre-hook
-(with kwargs) on each selected `attn1` hands the attention a downsampled copy of its input as `context`: every
-attention implementation the WebUI installs computes K and V from `context`, so the queries stay full and the
-K/V projections run on the reduced tokens. No class method is replaced, so the WebUI's attention optimizer and
-other extensions that patch the same classes keep working.
+A forward pre-hook on the U-Net reads the latent's size and timestep for the call; one on each spatial
+transformer reads the grid its layers really get (a tile under Tiled Diffusion, a shrunken grid under Deep
+Shrink). A forward pre-hook (with kwargs) on each selected `attn1` hands the attention a downsampled copy of its
+input as `context`: every attention implementation the WebUI installs computes K and V from `context`, so the
+queries stay full and the K/V projections run on the reduced tokens. No class method is replaced, so the WebUI's
+attention optimizer and other extensions that patch the same classes keep working.
 
-The per-call decision (`kv_context`) is host-neutral, so Forge-style hosts reuse it from their attn1 patch. It
-reads the grid from the tokens a layer actually gets, so ToDo keeps working under Deep Shrink (Kohya hires fix),
-which runs part of the U-Net on a smaller hidden state.
+The per-call decision (`kv_context`) is host-neutral, so Forge-style hosts reuse it from their attn1 patch, and
+it records what it did (`todo_ext.record`) for the infotext.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import torch
@@ -28,6 +25,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import ToDoConfig
 from .downsample import downsample_tokens, kv_grid
+from .record import ASIDE_CAUSES, PassRecord
 
 log = logging.getLogger("todo_ext")
 
@@ -64,9 +62,21 @@ def _unwrapped(block: nn.Module) -> nn.Module:
     return block
 
 
-def _self_attention_blocks(unet: nn.Module) -> list[tuple[tuple[str, int], nn.Module, int]]:
-    """Every BasicTransformerBlock of the U-Net with the block it sits in, named as Forge-style hosts name it
-    (("input", i), ("middle", 0), ("output", i)), and its level (log2 of the latent's downscale there)."""
+@dataclass(frozen=True)
+class AttentionSite:
+    """One BasicTransformerBlock of the U-Net: the block it sits in, named as Forge-style hosts name it
+    (("input", i), ("middle", 0), ("output", i)), its level (log2 of the latent's downscale there) and the layer
+    that holds it (a SpatialTransformer, whose 4-D input carries the token grid the block really gets)."""
+
+    name: tuple[str, int]
+    block: nn.Module
+    level: int
+    container: nn.Module
+
+
+def _self_attention_blocks(unet: nn.Module) -> list[AttentionSite]:
+    """Every self-attention site of an ldm/sgm UNetModel. A block that a model leaves out (None: the middle block
+    of SD-XS, BK-SDM and KOALA-style U-Nets) is skipped."""
     if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
         raise UnsupportedModelError(
             f"ToDo: {type(unet).__name__} is not an ldm/sgm UNetModel (no input_blocks/middle_block/output_blocks)"
@@ -79,9 +89,11 @@ def _self_attention_blocks(unet: nn.Module) -> list[tuple[tuple[str, int], nn.Mo
     found = []
     level = 0
     for name, block in named_blocks:
+        if not isinstance(block, nn.Module):
+            continue
         for layer in _unwrapped(block).children():
             found.extend(
-                (name, module, level)
+                AttentionSite(name, module, level, layer)
                 for module in layer.modules()
                 if _is_a(module, "BasicTransformerBlock") and isinstance(getattr(module, "attn1", None), nn.Module)
             )
@@ -91,24 +103,15 @@ def _self_attention_blocks(unet: nn.Module) -> list[tuple[tuple[str, int], nn.Mo
     return found
 
 
-def _self_attention_levels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
-    """Every BasicTransformerBlock of the U-Net with its level."""
-    return [(module, level) for _, module, level in _self_attention_blocks(unet)]
-
-
-def _distinct_levels(blocks: list[tuple[nn.Module, int]]) -> tuple[int, ...]:
-    return tuple(sorted({level for _, level in blocks}))
-
-
 def attention_levels(unet: nn.Module) -> tuple[int, ...]:
     """Levels (log2 of the downscale) with self-attention: (0, 1, 2, 3) on SD1.x/SD2.x (3 = the middle block),
     (1, 2) on SDXL."""
-    return _distinct_levels(_self_attention_levels(unet))
+    return tuple(sorted({site.level for site in _self_attention_blocks(unet)}))
 
 
 @dataclass(frozen=True)
 class LevelPlan:
-    """What ToDo does at one attention level for one latent size."""
+    """What ToDo does at one attention level for one token grid."""
 
     depth: int
     level: int
@@ -131,70 +134,10 @@ def level_grid(latent_height: int, latent_width: int, level: int) -> tuple[int, 
     return math.ceil(latent_height / scale), math.ceil(latent_width / scale)
 
 
-_ROUNDINGS: tuple[Callable[[Fraction], int], ...] = (math.floor, round, math.ceil)
-"""How a resize inside the U-Net can round a scaled side: torch's interpolate(scale_factor=) floors (Kohya's
-A1111 extension), Forge's Kohya hires fix rounds, and ceil covers the rest."""
-
-
-@functools.lru_cache(maxsize=1024)
-def received_grid(tokens: int, latent_size: tuple[int, int], level: int) -> tuple[int, int] | None:
-    """The (height, width) grid of `tokens` self-attention tokens at `level` of a U-Net run on a latent of
-    `latent_size`, or None where no grid of the latent's aspect has that many tokens.
-
-    The latent's own grid (`level_grid`) unless something inside the U-Net resized the hidden state, as Deep
-    Shrink (Kohya hires fix) does: it scales both sides of the grid at some level l <= `level` by one factor s,
-    rounding each side (floor, round or ceil), and every Downsample after it halves a side rounding up. A grid
-    counts only if one such (l, s, rounding) produces it exactly; of several, the one closest to the latent's
-    aspect wins. Token merging leaves counts that such grids rarely have, so ToDo steps aside there; as a count
-    can still match by chance (144 = 12x12 of a 16x16 latent), callers that know the tokens were merged say so
-    to `kv_context`.
-    """
-    height, width = latent_size
-    own = level_grid(height, width, level)
-    if own[0] * own[1] == tokens:
-        return own
-    aspect = math.log(height / width)
-    best = None
-    for grid_height in range(1, tokens + 1):
-        if tokens % grid_height:
-            continue
-        grid = (grid_height, tokens // grid_height)
-        if not any(_shrink_produces(grid, level_grid(height, width, at), level - at) for at in range(level + 1)):
-            continue
-        distance = abs(math.log(grid[0] / grid[1]) - aspect)
-        if best is None or distance < best[0]:
-            best = (distance, grid)
-    return None if best is None else best[1]
-
-
-def _shrink_produces(grid: tuple[int, int], source: tuple[int, int], halvings: int) -> bool:
-    """Whether scaling `source` by one factor (some rounding) and then `halvings` ceil-halvings gives `grid`.
-
-    Each side is a step function of the scale that changes only where scale * side crosses a whole or half
-    number, so testing those scales and the midpoints between them covers every scale.
-    """
-    step = 2**halvings
-    lowest = Fraction((grid[0] - 1) * step - 1, source[0])
-    highest = Fraction(grid[0] * step + 2, source[0])
-    breaks = sorted({
-        Fraction(2 * whole + half, 2 * side)
-        for side in source
-        for whole in range(math.floor(lowest * side) - 1, math.ceil(highest * side) + 2)
-        for half in (0, 1)
-        if whole >= 0
-    })
-    scales = breaks + [(low + high) / 2 for low, high in itertools.pairwise(breaks)]
-    for rounding in _ROUNDINGS:
-        for scale in scales:
-            sides = [rounding(scale * side) for side in source]
-            if min(sides) >= 1 and tuple(-(-side // step) for side in sides) == grid:
-                return True
-    return False
-
-
 def plan_kv_tokens(config: ToDoConfig, latent_height: int, latent_width: int,
                    levels: tuple[int, ...]) -> list[LevelPlan]:
-    """Grid, factor and K/V grid per attention depth for a latent size; depth i is levels[i]."""
+    """Grid, factor and K/V grid per attention depth for a latent size; depth i is levels[i]. For the
+    benchmark and previews: in a generation ToDo plans from the grid each layer really gets (`PassState`)."""
     grids = [level_grid(latent_height, latent_width, level) for level in levels]
     depth0_tokens = grids[0][0] * grids[0][1]
     plans = []
@@ -215,6 +158,13 @@ def _tiles_inside_forward(attn: nn.Module) -> bool:
     return bool(getattr(params, "enabled", False))
 
 
+def _projection_replaced(attn: nn.Module) -> bool:
+    """Whether another extension replaced the `forward` of attn1's key or value projection on the instance, as
+    ControlNet-LLLite does: its replacement adds a condition sized to the layer's full token grid, so it cannot
+    take the downsampled tokens."""
+    return any("forward" in vars(getattr(attn, name, None) or nn.Module()) for name in ("to_k", "to_v"))
+
+
 class _ToDoHook:
     """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads."""
 
@@ -228,70 +178,73 @@ class _ToDoHook:
 
 
 class PassState:
-    """What the current U-Net call tells its self-attention layers: latent grid, batch, whether ToDo is on.
+    """What the current U-Net call tells its self-attention layers (latent size, whether the step window is
+    open, the grid each layer received) and what ToDo did in the pass (`record`).
 
-    Host-neutral: the torch hooks below fill it from the U-Net's input, a Forge-style host from its own patch
-    arguments (`begin`), and both hand every self-attention call to `kv_context`.
+    Host-neutral: the torch hooks below fill it from the U-Net's and its spatial transformers' inputs, a
+    Forge-style host from its own patch arguments, and both hand every self-attention call to `kv_context`.
     """
 
     def __init__(self, config: ToDoConfig, levels: tuple[int, ...], warned: set[str]):
         self.config = config
         self.levels = levels
-        self.active = False
-        self.batch = 0
-        self.plans: dict[int, LevelPlan] = {}
+        self.in_window = True
+        self.record = PassRecord()
+        self.grids: dict[int, tuple[int, int]] = {}
+        """Grid of each spatial transformer's input in this U-Net call, by id of the transformer."""
         self._latent: tuple[int, int] | None = None
-        self._received_plans: dict[tuple[int, int], LevelPlan | None] = {}
-        self.stats = {"downsampled": 0, "passed_through": 0, "errors": 0}
+        self._plans: dict[tuple[int, tuple[int, int]], LevelPlan] = {}
         self._warned = warned
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Calls downsampled, stepped aside (another patch or extension, an unreadable grid) and failed over."""
+        errors = self.record.aside["error"]
+        return {"downsampled": self.record.downsampled,
+                "passed_through": sum(self.record.aside.values()) - errors, "errors": errors}
+
     def begin_call(self, latent: torch.Tensor, timesteps: Any) -> None:
-        """Start a U-Net call from its input latent (batch, channels, height, width) and timesteps."""
-        progress = None
+        """Start a U-Net call from its input latent (batch, channels, height, width) and the timesteps an
+        ldm-layout U-Net gets (999 = noise, 0 = clean: the discrete schedule SD was trained on)."""
+        in_window = None
         if self.config.has_step_window and timesteps is not None:
             progress = 1.0 - float(torch.as_tensor(timesteps).flatten()[0]) / (TRAIN_TIMESTEPS - 1)
-        self.begin(latent.shape[0], tuple(latent.shape[-2:]), progress)
+            in_window = self.config.covers(min(1.0, max(0.0, progress)))
+        self.begin(tuple(latent.shape[-2:]), in_window)
+        self.grids.clear()
 
-    def begin(self, batch: int, latent_size: tuple[int, int], progress: float | None) -> None:
-        """Start a U-Net call: its batch, latent (height, width) and sampling progress (0 = noise, 1 = done;
-        None when the host gives none, which ignores the step window with a warning)."""
-        self.active = False
-        self.batch = batch
-        height, width = int(latent_size[0]), int(latent_size[1])
-        if self._latent != (height, width):
-            plans = plan_kv_tokens(self.config, height, width, self.levels)
-            self.plans = {plan.level: plan for plan in plans}
-            self._received_plans = {}
-            self._latent = (height, width)
-        if self.config.has_step_window:
-            if progress is None:
-                self.warn_once("no-timestep", "the U-Net got no timestep; the step window is ignored")
-            elif not self.config.covers(min(1.0, max(0.0, progress))):
-                return
-        self.active = True
+    def begin(self, latent_size: tuple[int, ...], in_window: bool | None) -> None:
+        """Start a U-Net call: its latent (height, width) and whether sampling is inside the step window (None
+        when the host tells no schedule position, which ignores the step window with a warning)."""
+        latent = (int(latent_size[0]), int(latent_size[1]))
+        if latent != self._latent:
+            self._latent = latent
+            self._plans = {}
+        if in_window is None and self.config.has_step_window:
+            self.warn_once("no-timestep", "the U-Net got no timestep; the step window is ignored")
+        self.in_window = in_window is not False
 
-    def may_downsample(self, level: int) -> bool:
-        """Whether ToDo can act at `level` in this call (Auto's factor depends on the tokens a call gets)."""
-        plan = self.plans.get(level)
-        return self.active and plan is not None and (self.config.auto or plan.factor != 1.0)
+    def plan_for(self, level: int, tokens: int, grid: tuple[int, int] | None) -> LevelPlan | None:
+        """The plan for `tokens` received at `level` on `grid` (the 4-D input of the layer's spatial
+        transformer: a tile under Tiled Diffusion, the shrunken grid under Deep Shrink). Without a grid, the
+        latent's own grid at that level where its count matches; None where the tokens fill neither."""
+        if grid is None:
+            grid = level_grid(*self._latent, level) if self._latent else None
+        if grid is None or grid[0] * grid[1] != tokens:
+            return None
+        key = (level, grid)
+        plan = self._plans.get(key)
+        if plan is None:
+            depth = self.levels.index(level)
+            depth0_tokens = grid[0] * grid[1] * 4 ** (level - self.levels[0])
+            factor = self.config.factor_at(depth, depth0_tokens)
+            plan = self._plans[key] = LevelPlan(depth, level, grid, kv_grid(grid, factor), factor)
+        return plan
 
-    def plan_for(self, level: int, tokens: int) -> LevelPlan | None:
-        """The plan for `tokens` actually received at `level`: the latent's own grid, or the grid of the same
-        aspect that a Deep Shrink (Kohya hires fix) left there; None where no such grid has that many tokens."""
-        plan = self.plans[level]
-        if tokens == plan.tokens:
-            return plan
-        key = (level, tokens)
-        if key not in self._received_plans:
-            grid = received_grid(tokens, self._latent, level)
-            self._received_plans[key] = None if grid is None else self._plan_on(level, grid)
-        return self._received_plans[key]
-
-    def _plan_on(self, level: int, grid: tuple[int, int]) -> LevelPlan:
-        depth = self.levels.index(level)
-        depth0_tokens = grid[0] * grid[1] * 4 ** (level - self.levels[0])
-        factor = self.config.factor_at(depth, depth0_tokens)
-        return LevelPlan(depth, level, grid, kv_grid(grid, factor), factor)
+    def step_aside(self, cause: str) -> None:
+        self.record.stepped_aside(cause)
+        if cause != "error":
+            self.warn_once(cause, f"stepped aside: {ASIDE_CAUSES[cause]}; ToDo leaves those calls exact")
 
     def warn_once(self, kind: str, message: str, *, error: bool = False) -> None:
         if kind not in self._warned:
@@ -299,38 +252,48 @@ class PassState:
             log.warning("ToDo: %s", message, exc_info=error)
 
 
-def kv_context(x: torch.Tensor, level: int, state: PassState, *, tokens_merged: bool = False) -> torch.Tensor | None:
-    """The downsampled K/V source D(x) for one self-attention call at `level`, or None to leave it exact.
+def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int, int] | None = None,
+               context: torch.Tensor | None = None, tokens_merged: bool = False,
+               blocked: str | None = None) -> torch.Tensor | None:
+    """The downsampled K/V source for one self-attention call at `level`, or None to leave it exact.
 
     One decision for every host: the torch hooks here and a Forge-style attn1 patch both call it with the
-    attention's input x (batch, tokens, channels). The level comes from the U-Net's structure; the grid from the
-    tokens x actually has (see `received_grid`), so layers that a Deep Shrink made smaller are downsampled on
-    their shrunken grid. Where no grid fits (Token merging), it steps aside with one warning and counts the call
-    in stats["passed_through"]; `tokens_merged` (the host knows Token merging ran on this layer) accepts only the
-    latent's own grid. A failure inside ToDo is counted in stats["errors"] and leaves attention exact.
+    attention's input x (batch, tokens, channels), the grid the layer received where the host shows it, and the
+    explicit `context` the layer got, if any. A context made of x followed by other token sets of x's grid
+    (ControlNet's reference modes: x plus the reference's tokens) is downsampled set by set, so the result is
+    ToDo's formula on what the layer really attends to. Everything ToDo does or declines is counted in
+    `state.record`, with the cause: `blocked` is one the caller found (a cause in ASIDE_CAUSES), and
+    `tokens_merged` (the host knows Token merging ran on this layer) names the cause of a token count that fills
+    no grid. A failure inside ToDo is counted and leaves attention exact. Callers count the call itself
+    (`record.calls`) when it reaches them, so a pass whose hooks never ran shows as such.
     """
-    if not state.may_downsample(level):
+    if not state.in_window:
+        state.record.outside_window += 1
+        return None
+    if blocked is not None:
+        state.step_aside(blocked)
         return None
     try:
-        plan = state.plan_for(level, x.shape[1]) if x.dim() == 3 and x.shape[0] == state.batch else None
-        if tokens_merged and plan is not None and plan.grid != state.plans[level].grid:
-            plan = None
-        if plan is None:
-            state.stats["passed_through"] += 1
-            state.warn_once(
-                "mismatch",
-                f"self-attention at latent/{2**level} got {tuple(x.shape)}, which is no ({state.batch}, height * "
-                "width, C) grid of the latent's aspect; another patch (Token merging, Hypertile?) changed the "
-                "tokens, so ToDo leaves those layers alone",
-            )
+        tokens = x.shape[1]
+        source = x if context is None else context
+        if x.dim() != 3 or source.dim() != 3 or source.shape[1] % tokens or (
+                context is not None and not torch.equal(context[:, :tokens], x)):
+            state.step_aside("context")
             return None
+        plan = state.plan_for(level, tokens, grid)
+        if plan is None:
+            state.step_aside("token-merging" if tokens_merged else "grid")
+            return None
+        state.record.acted(plan.depth, plan.grid, plan.kv_grid, plan.factor)
         if plan.factor == 1.0:
             return None
-        reduced = downsample_tokens(x, plan.grid, plan.factor, state.config.method)
-        state.stats["downsampled"] += 1
-        return reduced
+        sets = source.shape[1] // tokens
+        batch, _, channels = source.shape
+        reduced = downsample_tokens(source.reshape(batch * sets, tokens, channels), plan.grid, plan.factor,
+                                    state.config.method)
+        return reduced.reshape(batch, sets * reduced.shape[1], channels)
     except Exception:
-        state.stats["errors"] += 1
+        state.step_aside("error")
         state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
         return None
 
@@ -342,11 +305,24 @@ def _unet_pre_hook(state: PassState) -> _ToDoHook:
             timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
             state.begin_call(latent, timesteps)
         except Exception:
-            state.active = False
-            state.stats["errors"] += 1
+            state.in_window = False
+            state.step_aside("error")
             state.warn_once("unet-error", "could not read the U-Net input; attention runs unchanged", error=True)
 
     return _ToDoHook(read_latent)
+
+
+def _grid_pre_hook(state: PassState) -> _ToDoHook:
+    """Reads the grid a spatial transformer really gets from its 4-D input (batch, channels, height, width)."""
+
+    def read_grid(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs.get("x")
+        if isinstance(x, torch.Tensor) and x.dim() == 4:
+            state.grids[id(module)] = (int(x.shape[-2]), int(x.shape[-1]))
+        else:
+            state.grids.pop(id(module), None)
+
+    return _ToDoHook(read_grid)
 
 
 def _merges_tokens(block: nn.Module) -> bool:
@@ -355,20 +331,16 @@ def _merges_tokens(block: nn.Module) -> bool:
     return type(block).__name__ == "ToMeBlock"
 
 
-def _attn1_pre_hook(state: PassState, level: int, block: nn.Module) -> _ToDoHook:
+def _attn1_pre_hook(state: PassState, site: AttentionSite) -> _ToDoHook:
     def swap_context(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        if not state.may_downsample(level):
-            return None
+        state.record.calls += 1
         try:
             x = args[0] if args else kwargs["x"]
             context = args[1] if len(args) > 1 else kwargs.get("context")
-            if context is not None:
-                return None
-            if _tiles_inside_forward(module):
-                state.stats["passed_through"] += 1
-                state.warn_once("tiled", "Hypertile tiles this self-attention, so ToDo leaves those layers alone")
-                return None
-            reduced = kv_context(x, level, state, tokens_merged=_merges_tokens(block))
+            blocked = "hypertile" if _tiles_inside_forward(module) else (
+                "projection" if _projection_replaced(module) else None)
+            reduced = kv_context(x, site.level, state, grid=state.grids.get(id(site.container)), context=context,
+                                 tokens_merged=_merges_tokens(site.block), blocked=blocked)
             if reduced is None:
                 return None
             extra = kwargs.get("additional_tokens")
@@ -378,7 +350,7 @@ def _attn1_pre_hook(state: PassState, level: int, block: nn.Module) -> _ToDoHook
                 return (args[0], reduced, *args[2:]), kwargs
             return args, {**kwargs, "context": reduced}
         except Exception:
-            state.stats["errors"] += 1
+            state.step_aside("error")
             state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
             return None
 
@@ -395,9 +367,14 @@ class ToDoHandle:
         self._hooks = hooks
 
     @property
+    def record(self) -> PassRecord:
+        """What ToDo did since `apply`: grids received, calls downsampled, calls stepped aside and why."""
+        return self._state.record
+
+    @property
     def stats(self) -> dict[str, int]:
-        """Counts of attention calls downsampled, passed through on mismatched tokens, and failed over."""
-        return dict(self._state.stats)
+        """Counts of attention calls downsampled, stepped aside and failed over."""
+        return self._state.stats
 
     def remove(self) -> None:
         for hook in self._hooks:
@@ -413,15 +390,16 @@ def apply(unet: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None
     """
     if not isinstance(config, ToDoConfig):
         raise TypeError(f"ToDo: config must be a ToDoConfig, not {type(config).__name__}")
-    blocks = _self_attention_levels(unet)
-    levels = _distinct_levels(blocks)
+    sites = _self_attention_blocks(unet)
+    levels = tuple(sorted({site.level for site in sites}))
     remove(unet)
     state = PassState(config, levels, set() if warned is None else warned)
     hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state), with_kwargs=True)]
-    for block, level in blocks:
-        depth = levels.index(level)
-        if depth <= config.max_depth:
-            hooks.append(block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, level, block), with_kwargs=True))
+    touched = [site for site in sites if levels.index(site.level) <= config.max_depth]
+    for container in {id(site.container): site.container for site in touched}.values():
+        hooks.append(container.register_forward_pre_hook(_grid_pre_hook(state), with_kwargs=True))
+    for site in touched:
+        hooks.append(site.block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, site), with_kwargs=True))
     return ToDoHandle(unet, config, state, hooks)
 
 
@@ -440,4 +418,4 @@ def remove(unet: nn.Module) -> int:
 def attention_levels_by_block(unet: nn.Module) -> dict[tuple[str, int], int]:
     """Level of the self-attention in each U-Net block, keyed the way Forge-style hosts name the block they are
     running (`transformer_options["block"]`): ("input", i), ("middle", 0), ("output", i)."""
-    return {name: level for name, _, level in _self_attention_blocks(unet)}
+    return {site.name: site.level for site in _self_attention_blocks(unet)}

@@ -65,7 +65,7 @@ def test_first_pass_patches_a_clone_and_acts(job):
     assert job.seen[1].patches[0].state.stats["downsampled"] > 0
     assert not torch.equal(baseline.images[0], processed.images[0])
     infotext = processed.infotexts[0]
-    assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}: d0 256->64 (2x)" in infotext
+    assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}: d0 16x16->8x8 (2x) in 5 calls" in infotext
     assert INFOTEXT_NOTE_KEY not in infotext and not job.runner.reported
     assert p.sd_model.forge_objects_after_applying_lora.unet.model_options == {"transformer_options": {}}
     assert not job.seen[1].patches[0].state.active, "the job's end turns the patch off"
@@ -78,8 +78,8 @@ def test_hires_double_call_gives_one_patch_and_one_kv_line_per_pass(job, capsys)
     assert [config.ratio for pass_ in job.seen for config in pass_.configs] == [0.75, 0.9375]
     infotext = processed.infotexts[0]
     assert infotext.count(f"{INFOTEXT_FIRST_PASS_KV_KEY}:") == 1 and infotext.count(INFOTEXT_HIRES_KV_KEY) == 1
-    assert f"{INFOTEXT_HIRES_KV_KEY}: d0 256->16 (4x)" in infotext
-    assert capsys.readouterr().out.count("hires pass K/V tokens") == 1
+    assert f"{INFOTEXT_HIRES_KV_KEY}: d0 16x16->4x4 (4x) in 5 calls" in infotext
+    assert capsys.readouterr().out.count("hires pass K/V:") == 1
 
 
 def test_hires_only_and_hires_off(job):

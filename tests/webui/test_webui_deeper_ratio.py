@@ -158,12 +158,3 @@ def test_xyz_axis_sets_it_per_cell(webui):
     cell = copy.copy(p)
     axis.apply(cell, 0.75, [])
     assert cell.todo_overrides == {"deeper_ratio": 0.75}
-
-
-def test_kv_line_of_the_infotext_shows_depth_1_with_its_factor():
-    from todo_ext import plan_kv_tokens
-    from todo_ext.args import kv_summary
-
-    config = ToDoArgs(enabled=True, ratio=0.75, max_depth=1, deeper_ratio=0.9375).config_for_pass(False)
-    assert kv_summary(plan_kv_tokens(config, 128, 128, (0, 1, 2, 3))) == (
-        "d0 16384->4096 (2x) d1 4096->256 (4x) d2 1024 d3 256")

@@ -105,8 +105,15 @@ def test_on_job_hooks_during_sampling_only_and_changes_output(job, unet):
     assert todo_hook_count(unet) == 0
     assert not torch.equal(baseline.images[0], processed.images[0])
     assert "ToDo: True" in processed.infotexts[0]
-    assert "ToDo K/V: d0 256->64 (2x)" in processed.infotexts[0]
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls" in processed.infotexts[0]
     assert not job.runner.reported
+
+
+def test_kv_line_records_each_depth_the_engine_acted_on(job):
+    """What the engine recorded, per depth: the grid each layer got, the K/V grid, the factor, how many calls."""
+    _, processed = job.run(ToDoArgs(enabled=True, ratio=0.75, max_depth=1, deeper_ratio=0.9375),
+                           width=128, height=128)
+    assert processed.infotexts[0].endswith("ToDo K/V: d0 16x16->8x8 (2x) in 5 calls; d1 8x8->2x2 (4x) in 5 calls")
 
 
 def test_hires_pass_gets_its_own_config(job):
@@ -115,8 +122,8 @@ def test_hires_pass_gets_its_own_config(job):
     assert [seen[0] for seen in job.seen] == [False, True]
     assert all(count > 0 for _, count in job.seen)
     infotext = processed.infotexts[0]
-    assert "ToDo K/V: d0 64->16 (2x)" in infotext
-    assert f"{INFOTEXT_HIRES_KV_KEY}: d0 256->16 (4x)" in infotext
+    assert "ToDo K/V: d0 8x8->4x4 (2x) in 5 calls" in infotext
+    assert f"{INFOTEXT_HIRES_KV_KEY}: d0 16x16->4x4 (4x) in 5 calls" in infotext
 
 
 def test_hires_only_and_hires_off(job):
@@ -306,7 +313,7 @@ def test_token_merging_composes_without_failing_and_warns_once_per_generation(jo
     assert len(processed.images) == 2 and not job.runner.reported
     assert "stepped aside" in processed.infotexts[0]
     assert capsys.readouterr().out.count("Token merging") == 1
-    assert len([r for r in caplog.records if "another patch" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "Token merging changed the tokens" in r.getMessage()]) == 1
 
 
 def loaded_xyz_grid():

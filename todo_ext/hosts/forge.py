@@ -29,6 +29,7 @@ from torch import nn
 
 from ..config import ToDoConfig
 from ..patch import TRAIN_TIMESTEPS, PassState, attention_levels_by_block, kv_context
+from ..record import PassRecord
 
 PATCH_FLAG = "is_todo_patch"
 """Attribute that marks ToDo's attn1 patch function, so a second apply in the same pass replaces it."""
@@ -67,16 +68,16 @@ def has_todo_patch(sd_model: Any) -> bool:
 
 
 class _PatchState:
-    """What ToDo's patch knows for one pass: the level of each block, the model's sigma -> timestep conversion,
-    and the engine's per-call state (`todo_ext.PassState`), which every host's attention calls share."""
+    """What ToDo's patch knows for one pass: the level of each block, the model's noise schedule, and the engine's
+    per-call state (`todo_ext.PassState`), which every host's attention calls share."""
 
-    def __init__(self, config: ToDoConfig, block_levels: dict[tuple[str, int], int],
-                 timestep_of: Callable[[torch.Tensor], torch.Tensor] | None, warned: set[str]):
+    def __init__(self, config: ToDoConfig, block_levels: dict[tuple[str, int], int], sampling: Any,
+                 warned: set[str]):
         self.config = config
         self.block_levels = block_levels
         levels = tuple(sorted(set(block_levels.values())))
         self.touched_levels = {level for depth, level in enumerate(levels) if depth <= config.max_depth}
-        self.timestep_of = timestep_of
+        self.sampling = sampling
         self.active = True
         self.calls = PassState(config, levels, warned)
 
@@ -84,52 +85,78 @@ class _PatchState:
     def stats(self) -> dict[str, int]:
         return self.calls.stats
 
-    def step_aside(self, kind: str, message: str) -> None:
-        self.calls.stats["passed_through"] += 1
-        self.calls.warn_once(kind, message)
-
-    def progress(self, sigmas: Any) -> float | None:
-        """Progress through the noise schedule, from the timestep the U-Net gets for these sigmas (the A1111
-        hooks read that timestep directly); None where the call has no sigmas."""
-        if not self.config.has_step_window or sigmas is None or self.timestep_of is None:
+    def in_window(self, sigmas: Any) -> bool | None:
+        """Whether the call's sigma lies inside the step window, as the hosts' own percent-based patches decide
+        it: `percent_to_sigma` of the model's schedule (discrete for SD1.x/SDXL, where it matches A1111's
+        1 - timestep / 999; continuous for EDM models such as Playground v2.5 and CosXL). Without it, from the
+        timestep of a discrete schedule; None where the call or the model tells neither."""
+        if not self.config.has_step_window or sigmas is None:
+            return None if self.config.has_step_window else True
+        sigma = torch.as_tensor(sigmas).flatten()[:1]
+        percent_to_sigma = getattr(self.sampling, "percent_to_sigma", None)
+        if callable(percent_to_sigma):
+            lowest, highest = percent_to_sigma(self.config.end), percent_to_sigma(self.config.start)
+            return float(lowest) <= float(sigma) <= float(highest)
+        timestep_of = getattr(self.sampling, "timestep", None)
+        if not callable(timestep_of):
             return None
-        timestep = self.timestep_of(torch.as_tensor(sigmas).flatten()[:1])
-        return 1.0 - float(timestep.flatten()[0]) / (TRAIN_TIMESTEPS - 1)
+        progress = 1.0 - float(timestep_of(sigma).flatten()[0]) / (TRAIN_TIMESTEPS - 1)
+        return self.config.covers(min(1.0, max(0.0, progress)))
 
     def apply(self, n: torch.Tensor, context: torch.Tensor | None, value: torch.Tensor | None, level: int,
               extra_options: dict, caller: FrameType | None, patch: Callable) -> tuple:
-        unchanged = (n, context, value)
-        batch, _channels, latent_height, latent_width = extra_options["original_shape"]
-        self.calls.begin(int(batch), (latent_height, latent_width), self.progress(extra_options.get("sigmas")))
-        if not self.calls.may_downsample(level):
-            return unchanged
+        _batch, _channels, latent_height, latent_width = extra_options["original_shape"]
+        self.calls.begin((latent_height, latent_width), self.in_window(extra_options.get("sigmas")))
+        tokens = n if context is None else context
+        reduced = kv_context(tokens, level, self.calls, grid=_received_grid(extra_options, caller, tokens.shape[1]),
+                             blocked=self._blocked(n, tokens, value, extra_options, caller, patch))
+        if reduced is None:
+            return n, context, value
+        return n, reduced, reduced
+
+    def _blocked(self, n: torch.Tensor, tokens: torch.Tensor, value: torch.Tensor | None, extra_options: dict,
+                 caller: FrameType | None, patch: Callable) -> str | None:
+        """Why this call must stay exact, from what the host's transformer block runs around ToDo's patch."""
         block = tuple(extra_options.get("block") or ())
         replacements, patch_list = _caller_tables(caller)
         if replacements is None:
             if block[:1] == ("middle",):
-                self.step_aside("no-caller", "cannot see the host's attention replacements; ToDo leaves the "
-                                             "middle block (where PAG/SAG replace attention) alone")
-                return unchanged
+                self.calls.warn_once("no-caller", "cannot see the host's attention replacements; ToDo leaves the "
+                                                  "middle block (where PAG/SAG replace attention) alone")
+                return "replaced"
         elif _replaced(replacements, block, extra_options.get("block_index", 0)):
-            self.step_aside("replaced", f"another extension (PAG, SAG?) replaces the self-attention of the {block[0]} "
-                                        "block, so ToDo leaves it alone there")
-            return unchanged
+            return "replaced"
         if patch_list is not None and patch in patch_list and patch_list.index(patch) < len(patch_list) - 1:
-            self.step_aside("later-patch", "another attn1 patch runs after ToDo's and may change its K/V tokens, "
-                                           "so ToDo leaves those layers alone")
-            return unchanged
-        tokens = n if context is None else context
+            return "later-patch"
         if value is not None and value is not tokens:
-            self.step_aside("kv-split", "another patch changed self-attention's keys and values apart, so ToDo "
-                                        "leaves those layers alone")
-            return unchanged
+            return "kv-split"
         if n.shape[0] != tokens.shape[0]:
-            self.step_aside("tiled", "Hypertile tiles this self-attention, so ToDo leaves those layers alone")
-            return unchanged
-        reduced = kv_context(tokens, level, self.calls)
-        if reduced is None:
-            return unchanged
-        return n, reduced, reduced
+            return "hypertile"
+        return None
+
+
+def _received_grid(extra_options: dict, caller: FrameType | None, tokens: int) -> tuple[int, int] | None:
+    """The (height, width) of the spatial transformer input the block runs on: `activations_shape` where the host
+    records it, else the `h` and `w` locals of the calling SpatialTransformer.forward (`b, c, h, w = x.shape` in
+    every host's backend), found a few frames up; None where neither is there."""
+    shape = extra_options.get("activations_shape")
+    if isinstance(shape, (list, tuple)) and len(shape) == 4 and shape[2] * shape[3] == tokens:
+        return int(shape[2]), int(shape[3])
+    frame = caller
+    for _ in range(_FRAMES_TO_SPATIAL_TRANSFORMER):
+        if frame is None:
+            return None
+        local_names = frame.f_locals
+        height, width = local_names.get("h"), local_names.get("w")
+        if (hasattr(local_names.get("self"), "transformer_blocks") and isinstance(height, int)
+                and isinstance(width, int) and height * width == tokens):
+            return height, width
+        frame = frame.f_back
+    return None
+
+
+_FRAMES_TO_SPATIAL_TRANSFORMER = 8
+"""How far up from the transformer block the grid search looks: block forward, checkpoint, module call wrappers."""
 
 
 def _caller_tables(caller: FrameType | None) -> tuple[dict | None, list | None]:
@@ -150,8 +177,8 @@ def _replaced(replacements: dict, block: tuple, block_index: int) -> bool:
 
 
 def _make_patch(state: _PatchState) -> Callable:
-    """ToDo's attn1 patch: a plain function, so the hosts' deep copy of `model_options` keeps it (and its state)
-    by identity."""
+    """ToDo's attn1 patch: a plain function, so a host's deep copy of `model_options` keeps it (and its state) by
+    identity."""
 
     def todo_attn1_patch(n, context, value, extra_options):
         if not state.active:
@@ -159,10 +186,11 @@ def _make_patch(state: _PatchState) -> Callable:
         level = state.block_levels.get(tuple(extra_options.get("block") or ())[:2])
         if level not in state.touched_levels:
             return n, context, value
+        state.calls.record.calls += 1
         try:
             return state.apply(n, context, value, level, extra_options, sys._getframe(1), todo_attn1_patch)
         except Exception:
-            state.stats["errors"] += 1
+            state.calls.step_aside("error")
             state.calls.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
             return n, context, value
 
@@ -172,7 +200,7 @@ def _make_patch(state: _PatchState) -> Callable:
 
 
 class ForgeHandle:
-    """One attach: counters for the infotext note; `remove()` turns the patch off. The host drops the patched
+    """One attach: what ToDo did (`record`, `stats`); `remove()` turns the patch off. The host drops the patched
     clone by itself when it resets `forge_objects` before the next pass."""
 
     def __init__(self, state: _PatchState, unet: nn.Module):
@@ -181,9 +209,12 @@ class ForgeHandle:
         self.config = state.config
 
     @property
+    def record(self) -> PassRecord:
+        return self._state.calls.record
+
+    @property
     def stats(self) -> dict[str, int]:
-        """Counts of attention calls downsampled, passed through (another patch or replacement), failed over."""
-        return dict(self._state.stats)
+        return self._state.stats
 
     def remove(self) -> None:
         self._state.active = False
@@ -196,12 +227,49 @@ def attach(sd_model: Any, config: ToDoConfig, warned: set[str]) -> ForgeHandle:
     patcher = unet_patcher_of(sd_model)
     unet = unet_of(sd_model)
     block_levels = attention_levels_by_block(unet)
-    model = patcher.model
-    sampling = getattr(model, "predictor", None) or getattr(model, "model_sampling", None)
-    state = _PatchState(config, block_levels, getattr(sampling, "timestep", None), warned)
-    clone = patcher.clone()
+    state = _PatchState(config, block_levels, _noise_schedule(patcher), warned)
+    clone = _clone_sharing_patches(patcher)
     patches = _attn1_patches(clone.model_options)
     patches[:] = [patch for patch in patches if not getattr(patch, PATCH_FLAG, False)]
     clone.set_model_attn1_patch(_make_patch(state))
     sd_model.forge_objects.unet = clone
     return ForgeHandle(state, unet)
+
+
+def _noise_schedule(patcher: Any) -> Any:
+    """The schedule sampling will use: reForge's `get_model_object("model_sampling")` sees an object patch such
+    as its advanced model sampling (EDM, CosXL) before the patcher is loaded; else Forge's and Neo's
+    `model.predictor`, or `model.model_sampling` (reForge, Classic)."""
+    get_model_object = getattr(patcher, "get_model_object", None)
+    if callable(get_model_object):
+        try:
+            return get_model_object("model_sampling")
+        except (AttributeError, KeyError):
+            pass
+    model = patcher.model
+    return getattr(model, "predictor", None) or getattr(model, "model_sampling", None)
+
+
+def _clone_sharing_patches(patcher: Any) -> Any:
+    """`patcher.clone()` whose `model_options` holds the same patch objects as the original in new containers.
+
+    Forge's and reForge's `clone()` deep-copy `model_options`, and with it every module another extension's patch
+    holds (IP-Adapter's attn2 replacement keeps its weights there): one more copy of those weights would live
+    through the pass. A newer backend may copy less. Either way ToDo clones with empty options and rebuilds them
+    itself: new dicts and lists (so ToDo's patch never lands in the original's), the same patches inside."""
+    options = patcher.model_options
+    patcher.model_options = {"transformer_options": {}}
+    try:
+        clone = patcher.clone()
+    finally:
+        patcher.model_options = options
+    clone.model_options = _copy_containers(options)
+    return clone
+
+
+def _copy_containers(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_containers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_containers(item) for item in value]
+    return value

@@ -1,0 +1,93 @@
+"""What ToDo really did in a pass: every token grid its self-attention layers received, how each was downsampled,
+and every call it stepped aside in, with the cause. The WebUI writes this into the infotext; nothing here is a plan
+computed from the image size."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+ASIDE_CAUSES = {
+    "projection": "another extension replaced a K/V projection of the layer (ControlNet-LLLite?)",
+    "replaced": "another extension replaces the layer's self-attention (PAG, SAG, reference, StyleAlign?)",
+    "later-patch": "another attn1 patch runs after ToDo's and may change its K/V tokens",
+    "kv-split": "another patch changed the layer's keys and values apart (ControlLLLite?)",
+    "context": "the layer got a context that is not its own token grid",
+    "token-merging": "Token merging changed the tokens",
+    "hypertile": "Hypertile tiles the layer",
+    "grid": "the tokens fit no grid that ToDo could read",
+    "error": "an error inside ToDo (logged once)",
+}
+"""Why ToDo left a self-attention call exact, in the words the infotext uses."""
+
+_GRIDS_SHOWN_PER_DEPTH = 4
+
+
+def _grid_text(grid: tuple[int, int]) -> str:
+    return f"{grid[0]}x{grid[1]}"
+
+
+@dataclass
+class PassRecord:
+    """Counts of one pass (or several passes of one kind, merged): self-attention calls seen, calls outside the
+    step window, calls acted on per (depth, grid, K/V grid, factor), and calls stepped aside per cause."""
+
+    calls: int = 0
+    outside_window: int = 0
+    kv: Counter = field(default_factory=Counter)
+    aside: Counter = field(default_factory=Counter)
+
+    def acted(self, depth: int, grid: tuple[int, int], kv_grid: tuple[int, int], factor: float) -> None:
+        self.kv[(depth, grid, kv_grid, factor)] += 1
+
+    def stepped_aside(self, cause: str) -> None:
+        if cause not in ASIDE_CAUSES:
+            raise ValueError(f"ToDo: unknown cause {cause!r}; allowed: {', '.join(ASIDE_CAUSES)}")
+        self.aside[cause] += 1
+
+    @property
+    def downsampled(self) -> int:
+        return sum(count for (_, _, _, factor), count in self.kv.items() if factor != 1.0)
+
+    @classmethod
+    def merged(cls, records: Iterable[PassRecord]) -> PassRecord:
+        total = cls()
+        for record in records:
+            total.calls += record.calls
+            total.outside_window += record.outside_window
+            total.kv.update(record.kv)
+            total.aside.update(record.aside)
+        return total
+
+    def kv_text(self) -> str | None:
+        """Per depth, every grid received and what became of it, e.g. "d0 64x64->32x32 (2x) in 40 calls";
+        "d0 32x32 kept in 40 calls" where the factor was 1 (Auto on a small grid). Parts are joined with "; " and
+        hold no comma or colon, so the infotext keeps the value unquoted. None if nothing was recorded."""
+        parts = []
+        for depth in sorted({key[0] for key in self.kv}):
+            entries = sorted(((key, count) for key, count in self.kv.items() if key[0] == depth),
+                             key=lambda item: (-item[1], item[0]))
+            for (_, grid, kv_grid, factor), count in entries[:_GRIDS_SHOWN_PER_DEPTH]:
+                calls = f"in {count} call{'s' if count != 1 else ''}"
+                if factor == 1.0:
+                    parts.append(f"d{depth} {_grid_text(grid)} kept {calls}")
+                else:
+                    parts.append(f"d{depth} {_grid_text(grid)}->{_grid_text(kv_grid)} ({factor:g}x) {calls}")
+            if len(entries) > _GRIDS_SHOWN_PER_DEPTH:
+                parts.append(f"d{depth} +{len(entries) - _GRIDS_SHOWN_PER_DEPTH} more grids")
+        if not parts and self.outside_window:
+            parts.append(f"none ({self.outside_window} calls outside the step window)")
+        return "; ".join(parts) or None
+
+    def aside_text(self) -> str | None:
+        """How many calls ToDo left exact and why, e.g. "stepped aside in 5 self-attention calls where another
+        extension replaced a K/V projection of the layer (ControlNet-LLLite?)"; None if it never did."""
+        total = sum(self.aside.values())
+        if not total:
+            return None
+        calls = f"{total} self-attention call{'s' if total != 1 else ''}"
+        if len(self.aside) == 1:
+            return f"stepped aside in {calls} where {ASIDE_CAUSES[next(iter(self.aside))]}"
+        causes = ", ".join(f"{count} where {ASIDE_CAUSES[cause]}" for cause, count in self.aside.most_common())
+        return f"stepped aside in {calls}: {causes}"
