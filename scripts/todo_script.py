@@ -271,8 +271,9 @@ def hook_unet(p, config):
         except todo_ext.UnsupportedModelError:
             reason = f"model not supported ({type(unet).__name__}; needs SD1.x/SD2.x/SDXL attention)"
         except Exception as error:
-            todo_ext.patch.log.exception("ToDo: could not attach to %s", type(unet).__name__)
             reason = f"could not attach ({type(error).__name__}: {error})"
+            if reason not in job.notes:
+                todo_ext.patch.log.exception("ToDo: could not attach to %s", type(unet).__name__)
     if reason is not None:
         p.todo_pass_config = None
         _step_aside(p, reason)

@@ -32,14 +32,16 @@ def unet():
 @pytest.fixture
 def job(webui, unet):
     """Runs one txt2img job through the stand-in's processing order and records what sampling saw."""
-    from modules import processing, scripts, shared
+    from modules import processing, script_callbacks, scripts, shared
 
     script = webui.ToDoScript()
     runner = scripts.ScriptRunner([script])
     sd_model = sd_model_of(unet)
     seen = []
 
-    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, **p_fields):
+    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, steps=1, unet_calls=True, **p_fields):
+        """`steps` U-Net calls per pass, each after the cfg_denoiser callbacks; `unet_calls=False` samples without
+        calling the U-Net (a host whose attention path bypasses it)."""
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
 
         def sample(p, x):
@@ -47,7 +49,13 @@ def job(webui, unet):
             seen.append((p.is_hr_pass, todo_hook_count(diffusion_model)))
             if fail_in_hires and p.is_hr_pass:
                 raise RuntimeError("out of memory")
-            return diffusion_model(x, torch.full((1,), 500.0), context)
+            for step in range(steps):
+                if step:
+                    script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(
+                        x, None, None, step, steps, None, None, denoiser=types.SimpleNamespace(p=p)))
+                if unet_calls:
+                    x = diffusion_model(x, torch.full((1,), 500.0), context)
+            return x
 
         args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
         shared.sd_model = model
@@ -271,6 +279,33 @@ def test_hooks_on_a_swapped_out_model_are_removed_too(job, unet):
         job.run(ToDoArgs(enabled=True), model=other_model, enable_hr=True, fail_in_hires=True)
     job.run(ToDoArgs())
     assert todo_hook_count(other) == 0
+
+
+def test_each_batch_records_its_own_passes(job):
+    _, processed = job.run(ToDoArgs(enabled=True), width=128, height=128, n_iter=2, steps=2)
+    assert [text.count("ToDo K/V: d0 16x16->8x8 (2x) in 10 calls") for text in processed.infotexts] == [1, 1]
+
+
+def test_an_unexpected_attach_error_is_reported_once_and_the_image_generates(job, webui, monkeypatch, capsys):
+    """Not once per sampling step: the pass stops trying after the first failure."""
+    attempts = []
+
+    def broken_attach(*_args):
+        attempts.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(webui.hosts.a1111, "attach", broken_attach)
+    _, processed = job.run(ToDoArgs(enabled=True), enable_hr=True, steps=3)
+    assert len(processed.images) == 1 and len(attempts) == 2, "one attempt per pass"
+    assert f'{INFOTEXT_NOTE_KEY}: "could not attach (RuntimeError: boom)"' in processed.infotexts[0]
+    assert capsys.readouterr().out.count("boom") == 1
+    assert not job.runner.reported
+
+
+def test_a_pass_whose_hooks_never_ran_says_so(job):
+    _, processed = job.run(ToDoArgs(enabled=True), unet_calls=False)
+    assert "the host never called ToDo there" in processed.infotexts[0]
+    assert "ToDo K/V" not in processed.infotexts[0]
 
 
 def test_unsupported_model_warns_once_and_generates(job, capsys):

@@ -83,7 +83,7 @@ def _sample(p, x, sample):
 
 def process_images(p, sample):
     """Mirrors the script calls of processing.process_images / process_images_inner and of
-    StableDiffusionProcessingTxt2Img.sample / sample_hr_pass, with `sample(p, x)` standing in for the sampler.
+    StableDiffusionProcessingTxt2Img.sample / sample_hr_pass (before_process_batch once per batch), with `sample(p, x)` standing in for the sampler.
 
     Like the WebUI: scripts run only when `p.scripts` is set; the selected checkpoint is (re)loaded after
     `before_process`, and the hires checkpoint before the hires pass; with a `firstpass_image` and hires fix the
@@ -93,7 +93,9 @@ def process_images(p, sample):
         p.scripts.before_process(p)
     sd_models.reload_model_weights()
     images, infotexts = [], []
-    for _ in range(p.n_iter):
+    for batch_number in range(p.n_iter):
+        if p.scripts is not None:
+            p.scripts.before_process_batch(p, batch_number=batch_number)
         samples = None
         if p.firstpass_image is None or not p.enable_hr:
             x = _latent(p, p.width, p.height)

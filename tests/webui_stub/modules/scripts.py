@@ -37,6 +37,9 @@ class Script:
     def before_process(self, p, *args):
         pass
 
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
     def process_before_every_sampling(self, p, *args, **kwargs):
         pass
 
@@ -111,6 +114,10 @@ class ScriptRunner:
 
     def before_process(self, p):
         self._run("before_process", p)
+
+    def before_process_batch(self, p, **kwargs):
+        """Mirrors ScriptRunner.before_process_batch: once per batch, before its first pass."""
+        self._run("before_process_batch", p, **kwargs)
 
     def process_before_every_sampling(self, p, **kwargs):
         self._run("process_before_every_sampling", p, **kwargs)
