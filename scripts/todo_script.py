@@ -387,9 +387,9 @@ def _enabled_choices(xyz_grid):
 def add_xyz_axes(xyz_grid_may_load_later=False):
     """X/Y/Z plot axes, added the way the built-in Hypertile does, once per loaded xyz_grid module.
 
-    Called when this script loads (the WebUI loads the X/Y/Z script before extensions' scripts), because with
-    --nowebui the API builds the X/Y/Z script's axis list before `before_ui` runs; there a missing X/Y/Z script
-    may still load later, so only `before_ui`, which adds the axes should it have, says that it is missing."""
+    Called when this script loads (A1111 loads scripts/xyz_grid.py before extensions' scripts), because with
+    --nowebui the API builds the X/Y/Z script's axis list before `before_ui` runs; `before_ui` adds them should the
+    X/Y/Z script have loaded later, and only it says when there is none (at load one may still come)."""
     xyz_grid = _xyz_grid_module()
     if xyz_grid is None:
         if xyz_grid_may_load_later:
