@@ -1,6 +1,10 @@
 """Stand-in of modules/scripts.py: the Script base class, AlwaysVisible, scripts_data and the runner's hooks."""
 
+import importlib.util
+import inspect
+import os
 import re
+import sys
 from collections import namedtuple
 
 AlwaysVisible = object()
@@ -10,6 +14,28 @@ ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedi
 
 scripts_data = []
 """Mirrors scripts.scripts_data: every loaded script class with its module (X/Y/Z axes are found through it)."""
+
+
+def load_module(path):
+    """Mirrors modules/script_loading.py load_module: the module is named after the file ("xyz_grid.py")."""
+    module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def load_scripts(script_files):
+    """Mirrors modules/scripts.py load_scripts for (path, basedir) pairs: every basedir goes on sys.path (so a
+    script imports the packages next to its scripts/ folder, e.g. Forge Classic's lib_xyz), each file is loaded
+    and each Script subclass in it registered in scripts_data with its module."""
+    for _, basedir in script_files:
+        if basedir not in sys.path:
+            sys.path = [basedir, *sys.path]
+    for path, basedir in script_files:
+        module = load_module(path)
+        for script_class in module.__dict__.values():
+            if inspect.isclass(script_class) and issubclass(script_class, Script):
+                scripts_data.append(ScriptClassData(script_class, path, basedir, module))
 
 
 class Script:
