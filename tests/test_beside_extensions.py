@@ -132,7 +132,8 @@ def test_reference_modes_are_downsampled_set_by_set(style_fidelity):
             assert call["context"].shape[1] == 2 * 8 * 12
         torch.testing.assert_close(call["out"], expected, rtol=1e-4, atol=1e-5)
     assert handle.record.aside == {}
-    assert handle.record.kv_text() == f"d0 16x24->8x12 (2x) in {5 + len(depth0)} calls", "the write pass and the read pass"
+    write_and_read = 5 + len(depth0)
+    assert handle.record.kv_text() == f"d0 16x24->8x12 (2x) in {write_and_read} calls"
 
 
 def test_a_context_that_is_not_the_layers_own_tokens_is_left_exact():

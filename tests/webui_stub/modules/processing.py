@@ -83,7 +83,8 @@ def _sample(p, x, sample):
 
 def process_images(p, sample):
     """Mirrors the script calls of processing.process_images / process_images_inner and of
-    StableDiffusionProcessingTxt2Img.sample / sample_hr_pass (before_process_batch once per batch), with `sample(p, x)` standing in for the sampler.
+    StableDiffusionProcessingTxt2Img.sample / sample_hr_pass (before_process_batch once per batch), with
+    `sample(p, x)` standing in for the sampler.
 
     Like the WebUI: scripts run only when `p.scripts` is set; the selected checkpoint is (re)loaded after
     `before_process`, and the hires checkpoint before the hires pass; with a `firstpass_image` and hires fix the
