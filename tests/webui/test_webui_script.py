@@ -459,3 +459,49 @@ def todo_hook_count_when_applied(unet):
     count = todo_hook_count(unet)
     handle.remove()
     return count
+
+
+@pytest.mark.parametrize("todo_listed", [True, False], ids=["todo-in-adetailer-list", "todo-not-listed"])
+def test_adetailer_inpaint_pass_runs_todo_on_its_crop_only_when_listed(webui, unet, todo_listed):
+    """ADetailer (Bing-su/adetailer 36189cbe) runs its inpaint pass inside the job's postprocess_image, before the
+    job's own infotext and postprocess: a new job at the crop's size with the job's script args, running only the
+    always-on scripts in its list (ToDo is not on it by default). Listed, ToDo acts there with the first-pass
+    settings on the crop's own grid (Auto leaves a crop at its target size alone); not listed, the pass runs
+    without ToDo, the job's hooks taken off first."""
+    from modules import processing, scripts, shared
+
+    todo = webui.ToDoScript()
+    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
+    inner = {}
+
+    def sample(p, x):
+        if p.width == 64:
+            inner.setdefault("hooks during the inpaint pass", []).append(todo_hook_count(unet))
+        return p.sd_model.model.diffusion_model(x, torch.full((1,), 500.0), context)
+
+    class ADetailer(scripts.Script):
+        def title(self):
+            return "ADetailer"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def postprocess_image(self, p, pp, *args):
+            allowed = scripts.ScriptRunner([todo] if todo_listed else [])
+            crop = processing.StableDiffusionProcessingTxt2Img(p.sd_model, allowed, p.script_args, width=64, height=64)
+            inner["processed"] = processing.process_images(crop, sample)
+
+    runner = scripts.ScriptRunner([todo, ADetailer()])
+    shared.sd_model = sd_model_of(unet)
+    args = runner.api_script_args(todo, ToDoArgs(enabled=True, auto=True, auto_target_tokens=64).to_list())
+    p = processing.StableDiffusionProcessingTxt2Img(shared.sd_model, runner, args, width=128, height=128)
+    processed = processing.process_images(p, sample)
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls" in processed.infotexts[0]
+    inpaint_infotext = inner["processed"].infotexts[0]
+    if todo_listed:
+        assert "ToDo K/V: d0 8x8 kept in 5 calls" in inpaint_infotext
+        assert inner["hooks during the inpaint pass"][0] > 0
+    else:
+        assert "ToDo" not in inpaint_infotext
+        assert inner["hooks during the inpaint pass"] == [0]
+    assert todo_hook_count(unet) == 0 and not runner.reported

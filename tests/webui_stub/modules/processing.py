@@ -4,7 +4,7 @@ import json
 import types
 
 import torch
-from modules import script_callbacks, sd_models, shared
+from modules import script_callbacks, scripts, sd_models, shared
 from modules.infotext_utils import quote
 
 
@@ -88,7 +88,8 @@ def process_images(p, sample):
 
     Like the WebUI: scripts run only when `p.scripts` is set; the selected checkpoint is (re)loaded after
     `before_process`, and the hires checkpoint before the hires pass; with a `firstpass_image` and hires fix the
-    first pass is not sampled; `postprocess` runs only when the job finishes, and an exception in sampling
+    first pass is not sampled; `postprocess_image` runs per image before its infotext is written; `postprocess`
+    runs only when the job finishes, and an exception in sampling
     propagates (and leaves `is_hr_pass` as it was)."""
     if p.scripts is not None:
         p.scripts.before_process(p)
@@ -111,6 +112,10 @@ def process_images(p, sample):
                 p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
             samples = _sample(p, x, sample)
             p.is_hr_pass = False
+        if p.scripts is not None:
+            postprocessed = scripts.PostprocessImageArgs(samples)
+            p.scripts.postprocess_image(p, postprocessed)
+            samples = postprocessed.image
         images.append(samples)
         infotexts.append(create_infotext(p))
     processed = Processed(p, images, infotexts)

@@ -69,6 +69,9 @@ class Script:
     def process_before_every_sampling(self, p, *args, **kwargs):
         pass
 
+    def postprocess_image(self, p, pp, *args):
+        pass
+
     def postprocess(self, p, processed, *args):
         pass
 
@@ -79,6 +82,13 @@ class Script:
         tabname = f"{tabkind}_" if need_tabname else ""
         title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
         return f"script_{tabname}{title}_{item_id}"
+
+
+class PostprocessImageArgs:
+    """Mirrors scripts.PostprocessImageArgs."""
+
+    def __init__(self, image):
+        self.image = image
 
 
 class ScriptRunner:
@@ -147,6 +157,11 @@ class ScriptRunner:
 
     def process_before_every_sampling(self, p, **kwargs):
         self._run("process_before_every_sampling", p, **kwargs)
+
+    def postprocess_image(self, p, pp):
+        """Mirrors ScriptRunner.postprocess_image: per image, after sampling, before its infotext is written
+        (ADetailer runs its inpaint passes here)."""
+        self._run("postprocess_image", p, pp)
 
     def postprocess(self, p, processed):
         self._run("postprocess", p, processed)
