@@ -179,6 +179,21 @@ def test_lllite_projections_make_todo_step_aside_in_those_layers_only():
     assert "ControlNet-LLLite" in handle.record.aside_text()
 
 
+def test_projections_lllite_restored_no_longer_make_todo_step_aside():
+    """ControlNet's clear_all_lllite restores each projection with `module.forward = original`, the projection's
+    own bound method, which stays on the instance for the rest of the session."""
+    unet = build_unet("sd15", WIDTH)
+    attn1 = transformer_blocks(unet)[0].attn1
+    originals = {name: getattr(attn1, name).forward for name in ("to_q", "to_k", "to_v")}
+    for name in originals:
+        hijack_lllite(getattr(attn1, name), 16 * 16)
+    for name, forward in originals.items():
+        getattr(attn1, name).forward = forward
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
+    unet(*unet_inputs(unet, 1, 16, 16))
+    assert not handle.record.aside and handle.record.downsampled == 5
+
+
 # Tiled Diffusion (multidiffusion-upscaler 22798f68): MultiDiffusion replaces the sampler's inner model forward
 # and Mixture of Diffusers the model's apply_model; both call the U-Net on batches of latent tiles.
 

@@ -161,9 +161,14 @@ def _tiles_inside_forward(attn: nn.Module) -> bool:
 def _projection_replaced(attn: nn.Module) -> bool:
     """Whether another extension replaced the `forward` of attn1's key or value projection on the instance, as
     ControlNet-LLLite does: its replacement adds a condition sized to the layer's full token grid, so it cannot
-    take the downsampled tokens."""
-    projections = (getattr(attn, name, None) for name in ("to_k", "to_v"))
-    return any(isinstance(projection, nn.Module) and "forward" in vars(projection) for projection in projections)
+    take the downsampled tokens. LLLite's cleanup puts the projection's own bound `forward` back on the instance;
+    that one is the projection's own and takes any token count."""
+    for name in ("to_k", "to_v"):
+        projection = getattr(attn, name, None)
+        forward = vars(projection).get("forward") if isinstance(projection, nn.Module) else None
+        if forward is not None and getattr(forward, "__self__", None) is not projection:
+            return True
+    return False
 
 
 class _ToDoHook:
