@@ -195,9 +195,27 @@
         line.style.whiteSpace = "pre-line";
     }
 
+    let off = false;
+
     function updateBoth() {
-        update("txt2img");
-        update("img2img");
+        if (off) {
+            return;
+        }
+        try {
+            update("txt2img");
+            update("img2img");
+        } catch (error) {
+            // A page this was not written for (another gradio, a missing element or helper of javascript/ui.js):
+            // the line and the hints stay as they are; generation and the rest of the page are not concerned.
+            off = true;
+            console.warn("[ToDo] K/V line and hints off on this page (" + error + ")");
+        }
+    }
+
+    if (typeof gradioApp !== "function" || typeof onAfterUiUpdate !== "function" ||
+        typeof onUiLoaded !== "function") {
+        console.warn("[ToDo] K/V line and hints off: this WebUI's script.js has no gradioApp/onAfterUiUpdate/onUiLoaded");
+        return;
     }
 
     // After DOM updates settle (the WebUI's recommendation over onUiUpdate, which runs on every mutation).

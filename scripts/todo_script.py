@@ -6,9 +6,10 @@ host's U-Net in todo_ext.hosts (hooks on A1111, the U-Net patcher's attn1 patch 
 """
 
 import html
+import importlib
 import json
 import weakref
-from functools import cache
+from functools import cache, wraps
 
 import gradio as gr
 from modules import script_callbacks, scripts, sd_unet, shared
@@ -271,8 +272,9 @@ def hook_unet(p, config):
         except todo_ext.UnsupportedModelError:
             reason = f"model not supported ({type(unet).__name__}; needs SD1.x/SD2.x/SDXL attention)"
         except Exception as error:
-            todo_ext.patch.log.exception("ToDo: could not attach to %s", type(unet).__name__)
             reason = f"could not attach ({type(error).__name__}: {error})"
+            if reason not in job.notes:
+                todo_ext.patch.log.exception("ToDo: could not attach to %s", type(unet).__name__)
     if reason is not None:
         p.todo_pass_config = None
         _step_aside(p, reason)
@@ -311,6 +313,32 @@ def follow_model_switch(params):
     hook_unet(p, config)
 
 
+_said = set()
+"""The optional integrations that could not attach in this load, each said once."""
+
+
+def _optional(what):
+    """Guard an optional integration (Settings, X/Y/Z axes, API validation): where the host lacks what it needs, it
+    prints one line, once per load, naming what is missing, and the rest of ToDo loads and works without it; no
+    integration can stop the script from loading or the UI from being built."""
+
+    def guard(integration):
+        @wraps(integration)
+        def guarded(*args, **kwargs):
+            try:
+                return integration(*args, **kwargs)
+            except Exception as error:
+                if what not in _said:
+                    _said.add(what)
+                    print(f"[ToDo] {what} ({str(error) or type(error).__name__}); the rest of ToDo works")
+                return None
+
+        return guarded
+
+    return guard
+
+
+@_optional("Settings > ToDo not added")
 def on_ui_settings():
     """Settings > ToDo. Also called when this script loads: with --nowebui the WebUI runs no on_ui_settings
     callback (modules/ui.py create_ui does), and the API's options model is built from the options registered
@@ -337,20 +365,43 @@ def _xyz_confirm(name):
     return confirm
 
 
-def add_xyz_axes():
+def _xyz_grid_module():
+    """The X/Y/Z plot's module wherever the host keeps it: scripts/xyz_grid.py (A1111, Forge, reForge, Neo) or
+    extensions-builtin/xyz/scripts/xyz_grid.py (Forge Classic); the script loader names it "xyz_grid.py" on both."""
+    return next((data.module for data in scripts.scripts_data if data.script_class.__module__ == "xyz_grid.py"),
+                None)
+
+
+def _enabled_choices(xyz_grid):
+    """The host's boolean_choice(reverse=True): in the xyz_grid module, or in lib_xyz.utils on Forge Classic (whose
+    script basedir is on sys.path), or the same choices made here where neither has it."""
+    boolean_choice = getattr(xyz_grid, "boolean_choice", None)
+    if boolean_choice is None:
+        try:
+            boolean_choice = importlib.import_module("lib_xyz.utils").boolean_choice
+        except (ImportError, AttributeError):
+            return lambda: ["False", "True"]
+    return boolean_choice(reverse=True)
+
+
+@_optional("X/Y/Z axes not added")
+def add_xyz_axes(xyz_grid_may_load_later=False):
     """X/Y/Z plot axes, added the way the built-in Hypertile does, once per loaded xyz_grid module.
 
-    Called when this script loads (the WebUI loads scripts/xyz_grid.py before extensions' scripts), because with
-    --nowebui the API builds the X/Y/Z script's axis list before `before_ui` runs; `before_ui` adds them should
-    xyz_grid have loaded later."""
-    xyz_grid = next((data.module for data in scripts.scripts_data if data.script_class.__module__ == "xyz_grid.py"),
-                    None)
-    if xyz_grid is None or any(opt.label.startswith(XYZ_AXIS_PREFIX) for opt in xyz_grid.axis_options):
+    Called when this script loads (A1111 loads scripts/xyz_grid.py before extensions' scripts), because with
+    --nowebui the API builds the X/Y/Z script's axis list before `before_ui` runs; `before_ui` adds them should the
+    X/Y/Z script have loaded later, and only it says when there is none (at load one may still come)."""
+    xyz_grid = _xyz_grid_module()
+    if xyz_grid is None:
+        if xyz_grid_may_load_later:
+            return
+        raise LookupError("no X/Y/Z plot script loaded")
+    if any(opt.label.startswith(XYZ_AXIS_PREFIX) for opt in xyz_grid.axis_options):
         return
     depths = todo_args.FIELDS_BY_NAME["max_depth"]
     xyz_grid.axis_options.extend([
         xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Enabled", str, _xyz_override("enabled"),
-                            confirm=_xyz_confirm("enabled"), choices=xyz_grid.boolean_choice(reverse=True)),
+                            confirm=_xyz_confirm("enabled"), choices=_enabled_choices(xyz_grid)),
         xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Ratio", float, _xyz_override("ratio"), confirm=_xyz_confirm("ratio")),
         xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Hires ratio", float, _xyz_override("hires_ratio", hires_mode="own"),
                             confirm=_xyz_confirm("hires_ratio")),
@@ -364,6 +415,7 @@ def add_xyz_axes():
     ])
 
 
+@_optional("API validation of ToDo args not installed")
 def install_api_validation(_demo, app):
     """Reject invalid ToDo args (and ToDo keys of the `infotext` field) with 422 before generation, behind the
     API's authentication; exceptions in script hooks would only be logged."""
@@ -377,7 +429,7 @@ def on_script_unloaded():
 
 
 on_ui_settings()
-add_xyz_axes()
+add_xyz_axes(xyz_grid_may_load_later=True)
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)

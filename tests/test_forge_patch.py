@@ -9,7 +9,7 @@ import torch
 from forge_stub import forge_host
 
 import todo_ext
-from todo_ext.bench.models import build_unet, sdpa_attention, unet_inputs
+from todo_ext.bench.models import build_unet, sdpa_attention, unet_inputs, webui_skip_resize
 from todo_ext.hosts import forge
 
 
@@ -188,3 +188,96 @@ def test_a_failure_inside_the_patch_falls_back_to_exact_attention(monkeypatch, c
         out = forge_run(sd_model, x, 500, context)
     torch.testing.assert_close(out, hooks_run(unet, None, x, 500, context), atol=1e-5, rtol=1e-4)
     assert handle.stats["errors"] > 0 and len(caplog.records) == 1
+
+
+def forge_run_at_sigma(sd_model, x, sigma, context):
+    return forge_host.calc_cond_uncond_batch(sd_model.forge_objects.unet, x, torch.tensor([sigma]), context)
+
+
+@pytest.mark.parametrize("progress", [0.1, 0.3, 0.45, 0.7, 0.9])
+def test_the_step_window_on_an_edm_schedule_is_progress_through_its_sigmas(progress):
+    """Playground v2.5 and CosXL (continuous EDM): the U-Net's timestep is 0.25 * log(sigma), not 0..999; ToDo
+    reads the window from the schedule's own percent_to_sigma, as the hosts' percent-based patches do."""
+    unet = build_unet("sd15", width=32)
+    schedule = forge_host.PredictionContinuousEDM()
+    sd_model = forge_host.ForgeDiffusionEngine(unet, lambda model: forge_host.KModel(model, schedule))
+    config = todo_ext.ToDoConfig(start=0.2, end=0.5)
+    handle = forge.attach(sd_model, config, set())
+    x, _, context = unet_inputs(unet, 1, 16, 16)
+    forge_run_at_sigma(sd_model, x, schedule.percent_to_sigma(progress), context)
+    assert (handle.record.downsampled > 0) == config.covers(progress)
+    assert handle.record.outside_window == (0 if config.covers(progress) else 5)
+
+
+def test_reforge_object_patched_schedule_is_the_one_read():
+    """reForge's advanced model sampling swaps the schedule in as an object patch; `model.model_sampling` still
+    holds the discrete one until the patcher is loaded."""
+    unet = build_unet("sd15", width=32)
+    sd_model = forge_host.ForgeDiffusionEngine(unet, forge_host.BaseModel)
+    schedule = forge_host.PredictionContinuousEDM()
+    patcher = forge_host.ReforgeUnetPatcher(sd_model.forge_objects.unet.model)
+    patcher.add_object_patch("model_sampling", schedule)
+    sd_model.forge_objects.unet = patcher
+    handle = forge.attach(sd_model, todo_ext.ToDoConfig(start=0.0, end=0.5), set())
+    x, _, context = unet_inputs(unet, 1, 16, 16)
+    forge_run_at_sigma(sd_model, x, schedule.percent_to_sigma(0.9), context)
+    assert handle.record.downsampled == 0 and handle.record.outside_window == 5
+    forge_run_at_sigma(sd_model, x, schedule.percent_to_sigma(0.25), context)
+    assert handle.record.downsampled == 5
+
+
+class IPAdapterLike(torch.nn.Module):
+    """An attn2 replacement holding its weights, as Forge's IPAdapterPlus CrossAttentionPatch holds IPAdapter."""
+
+    def __init__(self):
+        super().__init__()
+        self.to_kv = torch.nn.Linear(768, 2 * 320)
+
+    def __call__(self, q, k, v, extra_options):
+        return q
+
+
+def test_attach_shares_other_patches_instead_of_copying_their_weights():
+    """The hosts' clone() deep-copies model_options and every module an IP-Adapter patch holds; ToDo's attach
+    keeps the same patch objects (and so one copy of the weights) in new containers."""
+    unet = build_unet("sd15", width=32)
+    sd_model = forge_host.ForgeDiffusionEngine(unet)
+    adapter = IPAdapterLike()
+    sd_model.forge_objects.unet.set_model_attn2_replace(adapter, "input", 1, 0)
+    host_clone = sd_model.forge_objects.unet.clone()
+    assert host_clone.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)] is not adapter
+    original = sd_model.forge_objects.unet
+    forge.attach(sd_model, todo_ext.ToDoConfig(), set())
+    options = sd_model.forge_objects.unet.model_options["transformer_options"]
+    assert options["patches_replace"]["attn2"][("input", 1, 0)] is adapter
+    assert "patches" not in original.model_options["transformer_options"], "the original keeps no ToDo patch"
+    assert original.model_options["transformer_options"]["patches_replace"]["attn2"][("input", 1, 0)] is adapter
+
+
+class ScaledInput(torch.nn.Module):
+    """Kohya's Deep Shrink: the hidden state resized before the block (floor of side * scale)."""
+
+    def __init__(self, block, scale):
+        super().__init__()
+        self.block, self.scale = block, scale
+
+    def forward(self, h, *args, **kwargs):
+        return self.block(torch.nn.functional.interpolate(h, scale_factor=self.scale), *args, **kwargs)
+
+
+@pytest.mark.parametrize("records_activations_shape", [False, True], ids=["forge", "reforge"])
+def test_deep_shrink_grids_are_read_where_the_block_runs(records_activations_shape, monkeypatch):
+    """Forge, Neo and Classic: the `h` and `w` of the calling SpatialTransformer.forward; reForge: its
+    `activations_shape`. Either way the patch acts on the shrunken grid, as the hooks do."""
+    monkeypatch.setattr(forge_host, "RECORDS_ACTIVATIONS_SHAPE", [records_activations_shape])
+    unet = build_unet("sd15", width=32)
+    unet.input_blocks[2] = ScaledInput(unet.input_blocks[2], 0.5)
+    config = todo_ext.ToDoConfig(ratio=0.75)
+    sd_model, handle = attached(unet, config)
+    x, _, context = unet_inputs(unet, 1, 24, 32)
+    with webui_skip_resize():
+        patched = forge_run(sd_model, x, 500, context)
+        hooked = hooks_run(unet, config, x, 500, context)
+    assert not handle.record.aside
+    assert {key[1] for key in handle.record.kv} == {(24, 32), (12, 16)}
+    torch.testing.assert_close(patched, hooked, atol=1e-5, rtol=1e-4)

@@ -49,14 +49,36 @@ class Prediction(nn.Module):
         return self.sigma(torch.tensor((1.0 - percent) * 999.0)).item()
 
 
+class PredictionContinuousEDM(nn.Module):
+    """Mirrors backend/modules/k_prediction.py PredictionContinuousEDM (reForge: ldm_patched/modules/
+    model_sampling.py ModelSamplingContinuousEDM), the schedule of EDM models such as Playground v2.5 and CosXL: a
+    log-linear sigma range, and a U-Net timestep of 0.25 * log(sigma) instead of 0..999."""
+
+    def __init__(self, sigma_min=0.002, sigma_max=120.0):
+        super().__init__()
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.register_buffer("sigmas", torch.linspace(math.log(sigma_min), math.log(sigma_max), 1000).exp())
+
+    def timestep(self, sigma):
+        return 0.25 * sigma.log()
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        log_sigma_min = math.log(self.sigma_min)
+        return math.exp((math.log(self.sigma_max) - log_sigma_min) * (1.0 - percent) + log_sigma_min)
+
+
 class KModel(nn.Module):
     """Mirrors backend/modules/k_model.py KModel: `diffusion_model`, `predictor`, and `apply_model`, which hands
     the U-Net `predictor.timestep(sigma)` (the input/output scaling is left out: ToDo never sees it)."""
 
-    def __init__(self, diffusion_model):
+    def __init__(self, diffusion_model, predictor=None):
         super().__init__()
         self.diffusion_model = diffusion_model
-        self.predictor = Prediction()
+        self.predictor = predictor or Prediction()
 
     def apply_model(self, x, sigma, context, transformer_options):
         timestep = self.predictor.timestep(sigma).float()
@@ -116,10 +138,38 @@ class UnetPatcher:
         """Mirrors ModelPatcher.set_model_attn1_output_patch."""
         self.set_model_patch(patch, "attn1_output_patch")
 
+    def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
+        """Mirrors ModelPatcher.set_model_attn2_replace (IP-Adapter keeps its modules in such a patch)."""
+        set_model_options_patch_replace(self.model_options, patch, "attn2", block_name, number, transformer_index)
+
     def set_model_attn1_replace(self, patch, block_name, number, transformer_index=None):
         """Mirrors ModelPatcher.set_model_attn1_replace."""
         self.model_options = set_model_options_patch_replace(self.model_options, patch, "attn1", block_name, number,
                                                              transformer_index)
+
+
+class ReforgeUnetPatcher(UnetPatcher):
+    """Mirrors reForge's ldm_patched/modules/model_patcher.py object patches: `add_object_patch` (its advanced model
+    sampling puts an EDM or CosXL schedule there) and `get_model_object`, which sees them before the patcher is
+    loaded, while `model.model_sampling` still holds the checkpoint's own schedule."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.object_patches = {}
+
+    def clone(self):
+        clone = ReforgeUnetPatcher(self.model)
+        clone.model_options = copy.deepcopy(self.model_options)
+        clone.object_patches = self.object_patches.copy()
+        return clone
+
+    def add_object_patch(self, name, obj):
+        self.object_patches[name] = obj
+
+    def get_model_object(self, name):
+        if name in self.object_patches:
+            return self.object_patches[name]
+        return getattr(self.model, name)
 
 
 class ForgeObjects:
@@ -233,6 +283,25 @@ def _forge_layout(unet: nn.Module) -> Iterator[None]:
             del transformer.forward
 
 
+@contextlib.contextmanager
+def _activations_shape_recorded(unet: nn.Module) -> Iterator[None]:
+    """Mirrors reForge's ldm_patched/ldm/modules/attention.py SpatialTransformer.forward, which records
+    `transformer_options["activations_shape"] = list(x.shape)` for the blocks it runs (Forge, Neo and Classic
+    do not)."""
+    handles = [module.register_forward_pre_hook(
+        lambda _m, args: _options_of_call[-1].__setitem__("activations_shape", list(args[0].shape)))
+        for module in unet.modules() if type(module).__name__ == "SpatialTransformer"]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+RECORDS_ACTIVATIONS_SHAPE = [False]
+"""Whether the stand-in runs as reForge, recording `activations_shape`."""
+
+
 def forge_unet_call(unet, x, timestep, context, transformer_options):
     """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward)."""
     transformer_options["original_shape"] = list(x.shape)
@@ -241,7 +310,9 @@ def forge_unet_call(unet, x, timestep, context, transformer_options):
         return unet(x, timestep, context)
     _options_of_call.append(transformer_options)
     try:
-        with _forge_layout(unet):
+        with _forge_layout(unet), contextlib.ExitStack() as stack:
+            if RECORDS_ACTIVATIONS_SHAPE[0]:
+                stack.enter_context(_activations_shape_recorded(unet))
             return unet(x, timestep, context)
     finally:
         _options_of_call.pop()
@@ -342,7 +413,8 @@ def process_images(p, sample, *, token_merging_ratio=0.0):
     p.scripts.before_process(p)
     images, infotexts = [], []
     generator = torch.Generator().manual_seed(p.seed)
-    for _ in range(p.n_iter):
+    for batch_number in range(p.n_iter):
+        p.scripts.before_process_batch(p, batch_number=batch_number)
         x = torch.randn(1, 4, -(-p.height // 8), -(-p.width // 8), generator=generator)
         p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
         apply_token_merging(p.sd_model, token_merging_ratio)

@@ -32,14 +32,16 @@ def unet():
 @pytest.fixture
 def job(webui, unet):
     """Runs one txt2img job through the stand-in's processing order and records what sampling saw."""
-    from modules import processing, scripts, shared
+    from modules import processing, script_callbacks, scripts, shared
 
     script = webui.ToDoScript()
     runner = scripts.ScriptRunner([script])
     sd_model = sd_model_of(unet)
     seen = []
 
-    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, **p_fields):
+    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, steps=1, unet_calls=True, **p_fields):
+        """`steps` U-Net calls per pass, each after the cfg_denoiser callbacks; `unet_calls=False` samples without
+        calling the U-Net (a host whose attention path bypasses it)."""
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
 
         def sample(p, x):
@@ -47,7 +49,13 @@ def job(webui, unet):
             seen.append((p.is_hr_pass, todo_hook_count(diffusion_model)))
             if fail_in_hires and p.is_hr_pass:
                 raise RuntimeError("out of memory")
-            return diffusion_model(x, torch.full((1,), 500.0), context)
+            for step in range(steps):
+                if step:
+                    script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(
+                        x, None, None, step, steps, None, None, denoiser=types.SimpleNamespace(p=p)))
+                if unet_calls:
+                    x = diffusion_model(x, torch.full((1,), 500.0), context)
+            return x
 
         args = list(args) if isinstance(args, (list, tuple)) else args.to_list()
         shared.sd_model = model
@@ -273,6 +281,33 @@ def test_hooks_on_a_swapped_out_model_are_removed_too(job, unet):
     assert todo_hook_count(other) == 0
 
 
+def test_each_batch_records_its_own_passes(job):
+    _, processed = job.run(ToDoArgs(enabled=True), width=128, height=128, n_iter=2, steps=2)
+    assert [text.count("ToDo K/V: d0 16x16->8x8 (2x) in 10 calls") for text in processed.infotexts] == [1, 1]
+
+
+def test_an_unexpected_attach_error_is_reported_once_and_the_image_generates(job, webui, monkeypatch, capsys):
+    """Not once per sampling step: the pass stops trying after the first failure."""
+    attempts = []
+
+    def broken_attach(*_args):
+        attempts.append(1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(webui.hosts.a1111, "attach", broken_attach)
+    _, processed = job.run(ToDoArgs(enabled=True), enable_hr=True, steps=3)
+    assert len(processed.images) == 1 and len(attempts) == 2, "one attempt per pass"
+    assert f'{INFOTEXT_NOTE_KEY}: "could not attach (RuntimeError: boom)"' in processed.infotexts[0]
+    assert capsys.readouterr().out.count("boom") == 1
+    assert not job.runner.reported
+
+
+def test_a_pass_whose_hooks_never_ran_says_so(job):
+    _, processed = job.run(ToDoArgs(enabled=True), unet_calls=False)
+    assert "the host never called ToDo there" in processed.infotexts[0]
+    assert "ToDo K/V" not in processed.infotexts[0]
+
+
 def test_unsupported_model_warns_once_and_generates(job, capsys):
     class NotAUNet(nn.Module):
         def forward(self, x, timesteps, context):
@@ -424,3 +459,49 @@ def todo_hook_count_when_applied(unet):
     count = todo_hook_count(unet)
     handle.remove()
     return count
+
+
+@pytest.mark.parametrize("todo_listed", [True, False], ids=["todo-in-adetailer-list", "todo-not-listed"])
+def test_adetailer_inpaint_pass_runs_todo_on_its_crop_only_when_listed(webui, unet, todo_listed):
+    """ADetailer (Bing-su/adetailer 36189cbe) runs its inpaint pass inside the job's postprocess_image, before the
+    job's own infotext and postprocess: a new job at the crop's size with the job's script args, running only the
+    always-on scripts in its list (ToDo is not on it by default). Listed, ToDo acts there with the first-pass
+    settings on the crop's own grid (Auto leaves a crop at its target size alone); not listed, the pass runs
+    without ToDo, the job's hooks taken off first."""
+    from modules import processing, scripts, shared
+
+    todo = webui.ToDoScript()
+    context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
+    inner = {}
+
+    def sample(p, x):
+        if p.width == 64:
+            inner.setdefault("hooks during the inpaint pass", []).append(todo_hook_count(unet))
+        return p.sd_model.model.diffusion_model(x, torch.full((1,), 500.0), context)
+
+    class ADetailer(scripts.Script):
+        def title(self):
+            return "ADetailer"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def postprocess_image(self, p, pp, *args):
+            allowed = scripts.ScriptRunner([todo] if todo_listed else [])
+            crop = processing.StableDiffusionProcessingTxt2Img(p.sd_model, allowed, p.script_args, width=64, height=64)
+            inner["processed"] = processing.process_images(crop, sample)
+
+    runner = scripts.ScriptRunner([todo, ADetailer()])
+    shared.sd_model = sd_model_of(unet)
+    args = runner.api_script_args(todo, ToDoArgs(enabled=True, auto=True, auto_target_tokens=64).to_list())
+    p = processing.StableDiffusionProcessingTxt2Img(shared.sd_model, runner, args, width=128, height=128)
+    processed = processing.process_images(p, sample)
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls" in processed.infotexts[0]
+    inpaint_infotext = inner["processed"].infotexts[0]
+    if todo_listed:
+        assert "ToDo K/V: d0 8x8 kept in 5 calls" in inpaint_infotext
+        assert inner["hooks during the inpaint pass"][0] > 0
+    else:
+        assert "ToDo" not in inpaint_infotext
+        assert inner["hooks during the inpaint pass"] == [0]
+    assert todo_hook_count(unet) == 0 and not runner.reported

@@ -4,7 +4,7 @@ import json
 import types
 
 import torch
-from modules import script_callbacks, sd_models, shared
+from modules import script_callbacks, scripts, sd_models, shared
 from modules.infotext_utils import quote
 
 
@@ -83,17 +83,21 @@ def _sample(p, x, sample):
 
 def process_images(p, sample):
     """Mirrors the script calls of processing.process_images / process_images_inner and of
-    StableDiffusionProcessingTxt2Img.sample / sample_hr_pass, with `sample(p, x)` standing in for the sampler.
+    StableDiffusionProcessingTxt2Img.sample / sample_hr_pass (before_process_batch once per batch), with
+    `sample(p, x)` standing in for the sampler.
 
     Like the WebUI: scripts run only when `p.scripts` is set; the selected checkpoint is (re)loaded after
     `before_process`, and the hires checkpoint before the hires pass; with a `firstpass_image` and hires fix the
-    first pass is not sampled; `postprocess` runs only when the job finishes, and an exception in sampling
+    first pass is not sampled; `postprocess_image` runs per image before its infotext is written; `postprocess`
+    runs only when the job finishes, and an exception in sampling
     propagates (and leaves `is_hr_pass` as it was)."""
     if p.scripts is not None:
         p.scripts.before_process(p)
     sd_models.reload_model_weights()
     images, infotexts = [], []
-    for _ in range(p.n_iter):
+    for batch_number in range(p.n_iter):
+        if p.scripts is not None:
+            p.scripts.before_process_batch(p, batch_number=batch_number)
         samples = None
         if p.firstpass_image is None or not p.enable_hr:
             x = _latent(p, p.width, p.height)
@@ -108,6 +112,10 @@ def process_images(p, sample):
                 p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
             samples = _sample(p, x, sample)
             p.is_hr_pass = False
+        if p.scripts is not None:
+            postprocessed = scripts.PostprocessImageArgs(samples)
+            p.scripts.postprocess_image(p, postprocessed)
+            samples = postprocessed.image
         images.append(samples)
         infotexts.append(create_infotext(p))
     processed = Processed(p, images, infotexts)

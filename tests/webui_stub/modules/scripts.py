@@ -1,6 +1,10 @@
 """Stand-in of modules/scripts.py: the Script base class, AlwaysVisible, scripts_data and the runner's hooks."""
 
+import importlib.util
+import inspect
+import os
 import re
+import sys
 from collections import namedtuple
 
 AlwaysVisible = object()
@@ -10,6 +14,28 @@ ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedi
 
 scripts_data = []
 """Mirrors scripts.scripts_data: every loaded script class with its module (X/Y/Z axes are found through it)."""
+
+
+def load_module(path):
+    """Mirrors modules/script_loading.py load_module: the module is named after the file ("xyz_grid.py")."""
+    module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def load_scripts(script_files):
+    """Mirrors modules/scripts.py load_scripts for (path, basedir) pairs: every basedir goes on sys.path (so a
+    script imports the packages next to its scripts/ folder, e.g. Forge Classic's lib_xyz), each file is loaded
+    and each Script subclass in it registered in scripts_data with its module."""
+    for _, basedir in script_files:
+        if basedir not in sys.path:
+            sys.path = [basedir, *sys.path]
+    for path, basedir in script_files:
+        module = load_module(path)
+        for script_class in module.__dict__.values():
+            if inspect.isclass(script_class) and issubclass(script_class, Script):
+                scripts_data.append(ScriptClassData(script_class, path, basedir, module))
 
 
 class Script:
@@ -37,7 +63,13 @@ class Script:
     def before_process(self, p, *args):
         pass
 
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
     def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
+    def postprocess_image(self, p, pp, *args):
         pass
 
     def postprocess(self, p, processed, *args):
@@ -50,6 +82,13 @@ class Script:
         tabname = f"{tabkind}_" if need_tabname else ""
         title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
         return f"script_{tabname}{title}_{item_id}"
+
+
+class PostprocessImageArgs:
+    """Mirrors scripts.PostprocessImageArgs."""
+
+    def __init__(self, image):
+        self.image = image
 
 
 class ScriptRunner:
@@ -112,8 +151,17 @@ class ScriptRunner:
     def before_process(self, p):
         self._run("before_process", p)
 
+    def before_process_batch(self, p, **kwargs):
+        """Mirrors ScriptRunner.before_process_batch: once per batch, before its first pass."""
+        self._run("before_process_batch", p, **kwargs)
+
     def process_before_every_sampling(self, p, **kwargs):
         self._run("process_before_every_sampling", p, **kwargs)
+
+    def postprocess_image(self, p, pp):
+        """Mirrors ScriptRunner.postprocess_image: per image, after sampling, before its infotext is written
+        (ADetailer runs its inpaint passes here)."""
+        self._run("postprocess_image", p, pp)
 
     def postprocess(self, p, processed):
         self._run("postprocess", p, processed)

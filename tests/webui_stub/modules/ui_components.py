@@ -18,3 +18,13 @@ class InputAccordion(gr.Checkbox):
 
     def __exit__(self, exc_type, exc_val, exc_tb):
         self.accordion.__exit__(exc_type, exc_val, exc_tb)
+
+
+InputAccordionImpl = InputAccordion
+"""Forge Neo's name for the class (modules/ui_components.py InputAccordionImpl)."""
+
+
+def neo_input_accordion(value=None, **kwargs):
+    """Mirrors Forge Neo's modules/ui_components.py InputAccordion: a function (not a class) that returns an
+    InputAccordionImpl."""
+    return InputAccordionImpl(value, **kwargs)

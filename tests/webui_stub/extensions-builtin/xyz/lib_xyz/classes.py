@@ -1,0 +1,23 @@
+"""Stand-in of Forge Classic's extensions-builtin/xyz/lib_xyz/classes.py."""
+
+
+def format_value_add_label(p, opt, x):
+    """Mirrors lib_xyz/axis_format.py format_value_add_label (imported by classes.py)."""
+    if type(x) is float:
+        x = round(x, 8)
+    return f"{opt.label}: {x}"
+
+
+class AxisOption:
+    """Mirrors lib_xyz/classes.py AxisOption."""
+
+    def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0, choices=None,
+                 prepare=None):
+        self.label = label
+        self.type = type
+        self.apply = apply
+        self.format_value = format_value
+        self.confirm = confirm
+        self.cost = cost
+        self.prepare = prepare
+        self.choices = choices
