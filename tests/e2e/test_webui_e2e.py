@@ -156,9 +156,11 @@ def test_invalid_args_rejected_before_generation(args):
 
 
 def test_todo_with_the_hosts_token_merging_acts_or_says_why():
-    """Never silently nothing: with Token merging on, ToDo either changes the image without a note (Forge and
-    reForge: it composes) or adds a note that it stepped aside (A1111). The option is reset through
-    /sdapi/v1/options afterwards (reForge does not restore an override_settings of it)."""
+    """Never silently nothing: with Token merging on, ToDo either changes the image without a note and records
+    its K/V grids (Forge and reForge: it composes) or adds a note that it stepped aside because of Token merging
+    (A1111; its K/V line then only lists the calls it acted in, none where Token merging touched every depth-0
+    call). The option is reset through /sdapi/v1/options afterwards (reForge does not restore an
+    override_settings of it)."""
     status, options = call("/sdapi/v1/options")
     assert status == 200
     previous = options.get("token_merging_ratio", 0.0)
@@ -168,10 +170,15 @@ def test_todo_with_the_hosts_token_merging_acts_or_says_why():
         image, infotext = txt2img(ToDoArgs(enabled=True).to_list(), steps=2)
     finally:
         assert call("/sdapi/v1/options", {"token_merging_ratio": previous})[0] == 200
-    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}:" in infotext
     if INFOTEXT_NOTE_KEY in infotext:
-        assert "stepped aside" in infotext.split(INFOTEXT_NOTE_KEY)[1]
+        note = infotext.split(INFOTEXT_NOTE_KEY)[1]
+        aside = re.match(r': "?stepped aside in (\d+) self-attention calls?\b', note)
+        assert aside and "Token merging changed the tokens" in note, infotext
+        acted = sum(kv_entries(infotext).values()) if kv_line(infotext) else 0
+        calls = int(aside.group(1)) + acted
+        assert calls > 0 and calls % (5 * 2) == 0, "every depth-0 call, acted on or stepped aside in, is counted"
     else:
+        assert (0, (32, 32), (16, 16), 2.0) in kv_entries(infotext), infotext
         assert pixels(image) != pixels(merged)
 
 
