@@ -111,3 +111,17 @@ def test_index_is_cached_per_grid_factor_method_and_device():
 def test_factor_one_returns_the_tokens_untouched():
     tokens = grid_tokens(1, 8, 8)
     assert downsample_tokens(tokens, (8, 8), 1.0, "nearest") is tokens
+
+
+def test_an_index_cached_under_inference_mode_serves_a_call_that_records_gradients():
+    """The WebUI samples under inference mode; an extension with trainable modules (LLLite) records gradients."""
+    from todo_ext.downsample import _index_cache
+
+    _index_cache.clear()
+    tokens = torch.randn(1, 36, 4)
+    with torch.inference_mode():
+        downsample_tokens(tokens, (6, 6), 2.0, "nearest")
+    weight = torch.ones(4, requires_grad=True)
+    reduced = downsample_tokens(tokens * weight, (6, 6), 2.0, "nearest")
+    reduced.sum().backward()
+    assert reduced.shape == (1, 9, 4) and weight.grad is not None

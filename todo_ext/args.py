@@ -167,12 +167,14 @@ class ToDoArgs:
     )
     start: float = _arg(
         0.0, "float", "Start", "ToDo start",
-        "Progress through the noise schedule at which ToDo starts (0 = pure noise, 1 = clean), from the timestep.",
+        "Progress through the noise schedule at which ToDo starts (0 = pure noise, 1 = clean), read from the "
+        "schedule the model samples with.",
         minimum=0.0, maximum=1.0, step=0.01,
     )
     end: float = _arg(
         1.0, "float", "End", "ToDo end",
-        "Progress through the noise schedule at which ToDo stops (1 = clean image), from the timestep.",
+        "Progress through the noise schedule at which ToDo stops (1 = clean image), read from the schedule the "
+        "model samples with.",
         minimum=0.0, maximum=1.0, step=0.01,
     )
     hires_mode: str = _arg(

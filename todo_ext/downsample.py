@@ -28,18 +28,25 @@ def gather_index(grid: tuple[int, int], factor: float, method: str, device: torc
 
     "nearest" keeps token floor(i * factor) on each axis: a strided subsample that starts at the corner, like
     the paper's strided convolution. "nearest-exact" samples the centre of each cell, floor((i + 0.5) * factor).
+    Built outside inference mode: an index made while the host samples under torch.inference_mode would fail a
+    later call that records gradients (an extension with trainable modules in the U-Net, such as LLLite).
     """
     key = (grid, factor, method, device)
     index = _index_cache.get(key)
     if index is None:
-        out_height, out_width = kv_grid(grid, factor)
-        rows = _axis_positions(grid[0], out_height, factor, method)
-        cols = _axis_positions(grid[1], out_width, factor, method)
-        index = (rows[:, None] * grid[1] + cols[None, :]).flatten().to(device)
+        with torch.inference_mode(False):
+            index = _new_index(grid, factor, method, device)
         if len(_index_cache) >= _INDEX_CACHE_LIMIT:
             _index_cache.clear()
         _index_cache[key] = index
     return index
+
+
+def _new_index(grid: tuple[int, int], factor: float, method: str, device: torch.device) -> torch.Tensor:
+    out_height, out_width = kv_grid(grid, factor)
+    rows = _axis_positions(grid[0], out_height, factor, method)
+    cols = _axis_positions(grid[1], out_width, factor, method)
+    return (rows[:, None] * grid[1] + cols[None, :]).flatten().to(device)
 
 
 def downsample_tokens(tokens: torch.Tensor, grid: tuple[int, int], factor: float, method: str) -> torch.Tensor:

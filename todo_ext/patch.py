@@ -162,7 +162,8 @@ def _projection_replaced(attn: nn.Module) -> bool:
     """Whether another extension replaced the `forward` of attn1's key or value projection on the instance, as
     ControlNet-LLLite does: its replacement adds a condition sized to the layer's full token grid, so it cannot
     take the downsampled tokens."""
-    return any("forward" in vars(getattr(attn, name, None) or nn.Module()) for name in ("to_k", "to_v"))
+    projections = (getattr(attn, name, None) for name in ("to_k", "to_v"))
+    return any(isinstance(projection, nn.Module) and "forward" in vars(projection) for projection in projections)
 
 
 class _ToDoHook:

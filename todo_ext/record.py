@@ -62,8 +62,9 @@ class PassRecord:
 
     def kv_text(self) -> str | None:
         """Per depth, every grid received and what became of it, e.g. "d0 64x64->32x32 (2x) in 40 calls";
-        "d0 32x32 kept in 40 calls" where the factor was 1 (Auto on a small grid). Parts are joined with "; " and
-        hold no comma or colon, so the infotext keeps the value unquoted. None if nothing was recorded."""
+        "d0 32x32 kept in 40 calls" where the factor was 1 (Auto on a small grid); then the calls outside the step
+        window, if any ("none (...)" where that was every call). Parts are joined with "; " and hold no comma or
+        colon, so the infotext keeps the value unquoted. None if nothing was recorded."""
         parts = []
         for depth in sorted({key[0] for key in self.kv}):
             entries = sorted(((key, count) for key, count in self.kv.items() if key[0] == depth),
@@ -76,8 +77,9 @@ class PassRecord:
                     parts.append(f"d{depth} {_grid_text(grid)}->{_grid_text(kv_grid)} ({factor:g}x) {calls}")
             if len(entries) > _GRIDS_SHOWN_PER_DEPTH:
                 parts.append(f"d{depth} +{len(entries) - _GRIDS_SHOWN_PER_DEPTH} more grids")
-        if not parts and self.outside_window:
-            parts.append(f"none ({self.outside_window} calls outside the step window)")
+        if self.outside_window:
+            outside = f"{self.outside_window} call{'s' if self.outside_window != 1 else ''} outside the step window"
+            parts.append(outside if parts else f"none ({outside})")
         return "; ".join(parts) or None
 
     def aside_text(self) -> str | None:

@@ -35,7 +35,8 @@ def job(webui, unet):
     def sample(p, x):
         patches = todo_patches(p.sd_model)
         seen.append(types.SimpleNamespace(hires=p.is_hr_pass, patches=patches,
-                                          configs=[patch.state.config for patch in patches]))
+                                          configs=[patch.state.config for patch in patches],
+                                          options=p.sd_model.forge_objects.unet.model_options))
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
         script_callbacks.cfg_denoiser_callback(
             script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, context, context, types.SimpleNamespace(p=p)))
@@ -146,3 +147,42 @@ def test_hypertile_before_todo_makes_it_step_aside_with_a_note(job, capsys):
     _, processed = job.run(ToDoArgs(enabled=True), sample=tile_then_sample)
     assert "stepped aside in" in processed.infotexts[0]
     assert capsys.readouterr().out.count("warning:") == 1
+
+
+@pytest.mark.parametrize("transformer", forge_host.NEO_DIFFUSION_TRANSFORMERS, ids=lambda cls: cls.__name__)
+def test_neo_diffusion_transformers_make_todo_step_aside_once_and_generate(job, capsys, transformer):
+    """Forge Neo's Flux, Chroma, Lumina / Z-Image, Qwen-Image and Wan models run no attn1 patches."""
+    _, processed = job.run(ToDoArgs(enabled=True), model=forge_host.ForgeDiffusionEngine(transformer()),
+                           enable_hr=True)
+    assert len(processed.images) == 1 and not job.runner.reported
+    assert capsys.readouterr().out.count("not supported") == 1
+    assert f"{INFOTEXT_NOTE_KEY}: model not supported ({transformer.__name__}" in processed.infotexts[0]
+    assert "ToDo K/V" not in processed.infotexts[0]
+
+
+def test_a_backend_that_never_runs_attn1_patches_is_noticed(job, capsys):
+    """A rewritten backend whose attention goes another way (wrap_attn / optimized_attention_override) would
+    leave ToDo's patch uncalled: the pass says so instead of claiming ToDo acted."""
+
+    def sample_without_attn1_patches(p, x):
+        patcher = p.sd_model.forge_objects.unet
+        sigma = forge_host.sigma_at_timestep(p.sd_model, 500)
+        context = torch.randn(1, 77, 768)
+        return forge_host.calc_cond_uncond_batch(patcher, x, sigma, context,
+                                                 model_options={"transformer_options": {}})
+
+    _, processed = job.run(ToDoArgs(enabled=True), sample=sample_without_attn1_patches)
+    assert "attached to the first pass, but the host never called ToDo there" in processed.infotexts[0]
+    assert "ToDo K/V" not in processed.infotexts[0]
+    assert capsys.readouterr().out.count("never called ToDo") == 1
+
+
+def test_a_clone_that_drops_model_options_keeps_the_other_patches(job, unet):
+    model = forge_host.ForgeDiffusionEngine(unet)
+    bare = forge_host.BarePatcher(model.forge_objects.unet.model)
+    bare.set_model_attn2_replace(forge_host.pag_attention, "input", 1, 0)
+    model.forge_objects_after_applying_lora.unet = bare
+    _, processed = job.run(ToDoArgs(enabled=True), model=model, width=128, height=128)
+    options = job.seen[0].options["transformer_options"]
+    assert options["patches_replace"]["attn2"][("input", 1, 0)] is forge_host.pag_attention
+    assert len(job.seen[0].patches) == 1 and "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls" in processed.infotexts[0]

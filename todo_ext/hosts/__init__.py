@@ -2,8 +2,8 @@
 
 - `a1111`: AUTOMATIC1111 WebUI (and anything whose `sd_model.model.diffusion_model` is the torch U-Net that
   sampling runs): torch module hooks on the U-Net instances (`todo_ext.apply` / `todo_ext.remove`).
-- `forge`: WebUI Forge and reForge: an attn1 patch on a clone of `sd_model.forge_objects.unet`, the hosts' own
-  patch channel, set before every sampling pass.
+- `forge`: WebUI Forge, reForge, Forge Classic and Forge Neo: an attn1 patch on a clone of
+  `sd_model.forge_objects.unet`, the hosts' own patch channel, set before every sampling pass.
 
 No host module is imported here: the adapters duck-type the objects the glue hands them.
 """

@@ -1,16 +1,19 @@
-"""WebUI Forge and reForge: ToDo as an attn1 patch on a clone of `sd_model.forge_objects.unet`.
+"""WebUI Forge, reForge, Forge Classic and Forge Neo: ToDo as an attn1 patch on a clone of
+`sd_model.forge_objects.unet`.
 
-Both hosts run a U-Net patcher's `attn1_patch` functions inside BasicTransformerBlock (Forge:
-backend/nn/unet.py `BasicTransformerBlock._forward`; reForge: ldm_patched/ldm/modules/attention.py
-`BasicTransformerBlock.forward`) as `n, context, value = patch(n, context, value, extra_options)`, where
-`context` and `value` start as `n` and are what `to_k` and `to_v` project. ToDo hands both a downsampled copy of
-the tokens, so the queries stay full and K/V run on the reduced grid, as the A1111 hooks do.
+All four run a U-Net patcher's `attn1_patch` functions inside BasicTransformerBlock (Forge and Neo:
+backend/nn/unet.py `BasicTransformerBlock._forward`; reForge and Classic: ldm_patched/ldm/modules/attention.py)
+as `n, context, value = patch(n, context, value, extra_options)`, where `context` and `value` start as `n` and are
+what `to_k` and `to_v` project. ToDo hands both a downsampled copy of the K/V tokens, so the queries stay full (or
+merged, under the hosts' Token merging) and K/V run on the reduced grid, as the A1111 hooks do. The adapter asks
+only for what the objects offer (`clone`, `set_model_attn1_patch`, `model_options`), never for a host's name.
 
-`extra_options` carries the call's latent shape (`original_shape`), the block being run (`block`) and the
-sigmas (`sigmas`); the level of a block comes from walking the U-Net, the step window from the model's own
-sigma -> timestep conversion, so "progress" means what it means on A1111 (1 - timestep / 999).
+`extra_options` carries the call's latent shape (`original_shape`), the block being run (`block`) and the sigmas
+(`sigmas`); the level of a block comes from walking the U-Net, the grid a block really gets from reForge's
+`activations_shape` or the calling SpatialTransformer's `h` and `w`, the step window from the schedule's own
+`percent_to_sigma`, so Start/End mean the same progress on every host and schedule.
 
-Forge and reForge keep a block's attn1 *replacement* (PAG, SAG: `patches_replace["attn1"]`) out of
+The hosts keep a block's attn1 *replacement* (PAG, SAG, reference: `patches_replace["attn1"]`) out of
 `extra_options`, and PAG adds its replacement only for its extra U-Net call. A replacement gets the projected
 K/V of our shortened tokens, and PAG's returns V itself, which must keep the full token count; so the patch
 reads the calling block's replacement table and its attn1 patch list from the caller's frame (the host's

@@ -1,0 +1,66 @@
+"""What the infotext says a pass did (todo_ext.record): counts in, text out."""
+
+import pytest
+
+from todo_ext import PassRecord
+from todo_ext.record import ASIDE_CAUSES
+
+
+def test_each_grid_a_depth_received_is_listed_with_its_calls():
+    record = PassRecord()
+    for _ in range(3):
+        record.acted(0, (96, 96), (48, 48), 2.0)
+    record.acted(0, (48, 48), (24, 24), 2.0)
+    record.acted(1, (24, 24), (24, 24), 1.0)
+    assert record.kv_text() == ("d0 96x96->48x48 (2x) in 3 calls; d0 48x48->24x24 (2x) in 1 call; "
+                                "d1 24x24 kept in 1 call")
+    assert record.downsampled == 4
+    assert "," not in record.kv_text() and ":" not in record.kv_text(), "the infotext keeps it unquoted"
+
+
+def test_many_grids_at_one_depth_are_cut_to_the_most_called():
+    record = PassRecord()
+    for side in range(10, 16):
+        for _ in range(side):
+            record.acted(0, (side, side), (side // 2, side // 2), 2.0)
+    text = record.kv_text()
+    assert text.startswith("d0 15x15->7x7 (2x) in 15 calls") and text.endswith("d0 +2 more grids")
+
+
+@pytest.mark.parametrize(("acted", "outside", "text"), [
+    (0, 0, None),
+    (0, 1, "none (1 call outside the step window)"),
+    (0, 4, "none (4 calls outside the step window)"),
+    (2, 4, "d0 8x8->4x4 (2x) in 2 calls; 4 calls outside the step window"),
+])
+def test_calls_outside_the_step_window_are_counted(acted, outside, text):
+    record = PassRecord(outside_window=outside)
+    for _ in range(acted):
+        record.acted(0, (8, 8), (4, 4), 2.0)
+    assert record.kv_text() == text
+
+
+def test_stepping_aside_names_each_cause_with_its_count():
+    record = PassRecord()
+    assert record.aside_text() is None
+    record.stepped_aside("projection")
+    assert record.aside_text() == f"stepped aside in 1 self-attention call where {ASIDE_CAUSES['projection']}"
+    record.stepped_aside("grid")
+    record.stepped_aside("grid")
+    assert record.aside_text() == (f"stepped aside in 3 self-attention calls: 2 where {ASIDE_CAUSES['grid']}, "
+                                   f"1 where {ASIDE_CAUSES['projection']}")
+
+
+def test_an_unknown_cause_is_refused_with_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown cause 'other'; allowed: projection"):
+        PassRecord().stepped_aside("other")
+
+
+def test_records_of_one_pass_kind_merge():
+    first, second = PassRecord(calls=5), PassRecord(calls=5, outside_window=2)
+    first.acted(0, (8, 8), (4, 4), 2.0)
+    second.acted(0, (8, 8), (4, 4), 2.0)
+    second.stepped_aside("hypertile")
+    merged = PassRecord.merged([first, second])
+    assert (merged.calls, merged.outside_window, merged.downsampled) == (10, 2, 2)
+    assert merged.aside == {"hypertile": 1}
