@@ -84,12 +84,13 @@ def kv_line(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
 
 def kv_entries(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
     """What ToDo recorded for a pass: {(depth, grid, K/V grid, factor): attention calls}, read from its K/V line
-    ("d0 32x32->16x16 (2x) in 15 calls; d1 16x16 kept in 15 calls"). Every part of the line must parse."""
+    ("d0 32x32->16x16 (2x) in 15 calls; d1 16x16 kept in 15 calls; 5 calls outside the step window"). Every part
+    of the line must parse."""
     line = kv_line(infotext, key)
     assert line, f"no {key} in {infotext!r}"
     entries = {}
     for part in line.split("; "):
-        if re.fullmatch(r"d\d+ \+\d+ more grids", part):
+        if re.fullmatch(r"d\d+ \+\d+ more grids|(none \()?\d+ calls? outside the step window\)?", part):
             continue
         match = KV_PART.fullmatch(part)
         assert match, f"unreadable {key} part {part!r} in {line!r}"
