@@ -35,9 +35,9 @@ needs_cors = pytest.mark.skipif(not WEBUI_CORS_ORIGIN, reason="WEBUI_CORS_ORIGIN
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 3, "width": 256, "height": 256,
         "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1}
 HIRES = {"enable_hr": True, "hr_upscaler": "Latent", "hr_additional_modules": ["Use same choices"],
-         "hr_cfg": BASE["cfg_scale"]}
+         "hr_cfg": BASE["cfg_scale"], "hr_cfg_scale": BASE["cfg_scale"]}
 """Hires fix the same on every host: Forge answers 500 without `hr_additional_modules`, reForge runs the hires
-pass at `hr_cfg` 1.0 unless told; A1111's API model ignores both fields."""
+pass at `hr_cfg` 1.0 unless told, Classic answers 500 without `hr_cfg_scale`; A1111's API model ignores them."""
 
 
 def call_with_headers(path, payload=None, timeout=600, *, authenticate=True, headers=None):
