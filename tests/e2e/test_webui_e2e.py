@@ -9,6 +9,7 @@ steps keep it quick; a GPU host is expected but not required. WEBUI_AUTH=user:pa
 import base64
 import json
 import os
+import re
 import struct
 import urllib.error
 import urllib.request
@@ -34,9 +35,9 @@ needs_cors = pytest.mark.skipif(not WEBUI_CORS_ORIGIN, reason="WEBUI_CORS_ORIGIN
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 3, "width": 256, "height": 256,
         "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1}
 HIRES = {"enable_hr": True, "hr_upscaler": "Latent", "hr_additional_modules": ["Use same choices"],
-         "hr_cfg": BASE["cfg_scale"]}
+         "hr_cfg": BASE["cfg_scale"], "hr_cfg_scale": BASE["cfg_scale"]}
 """Hires fix the same on every host: Forge answers 500 without `hr_additional_modules`, reForge runs the hires
-pass at `hr_cfg` 1.0 unless told; A1111's API model ignores both fields."""
+pass at `hr_cfg` 1.0 unless told, Classic answers 500 without `hr_cfg_scale`; A1111's API model ignores them."""
 
 
 def call_with_headers(path, payload=None, timeout=600, *, authenticate=True, headers=None):
@@ -71,6 +72,35 @@ def pixels(png_base64):
     return zlib.decompress(idat)
 
 
+KV_PART = re.compile(r"d(?P<depth>\d+) (?P<h>\d+)x(?P<w>\d+)(?:->(?P<kh>\d+)x(?P<kw>\d+) \((?P<factor>[\d.]+)x\)| kept)"
+                     r" in (?P<calls>\d+) calls?")
+
+
+def kv_line(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
+    """The value of a K/V key ("ToDo K/V" or "ToDo hires K/V") in an infotext, or None where it is absent."""
+    match = re.search(rf"(?:^|[,\n] ?){re.escape(key)}: ([^,\n]*)", infotext)
+    return match.group(1).strip() if match else None
+
+
+def kv_entries(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
+    """What ToDo recorded for a pass: {(depth, grid, K/V grid, factor): attention calls}, read from its K/V line
+    ("d0 32x32->16x16 (2x) in 15 calls; d1 16x16 kept in 15 calls; 5 calls outside the step window"). Every part
+    of the line must parse."""
+    line = kv_line(infotext, key)
+    assert line, f"no {key} in {infotext!r}"
+    entries = {}
+    for part in line.split("; "):
+        if re.fullmatch(r"d\d+ \+\d+ more grids|(none \()?\d+ calls? outside the step window\)?", part):
+            continue
+        match = KV_PART.fullmatch(part)
+        assert match, f"unreadable {key} part {part!r} in {line!r}"
+        grid = (int(match["h"]), int(match["w"]))
+        kv_grid = (int(match["kh"]), int(match["kw"])) if match["kh"] else grid
+        factor = float(match["factor"]) if match["factor"] else 1.0
+        entries[(int(match["depth"]), grid, kv_grid, factor)] = int(match["calls"])
+    return entries
+
+
 def txt2img(todo_args=None, **overrides):
     payload = {**BASE, **overrides}
     if todo_args is not None:
@@ -95,6 +125,10 @@ def test_todo_off_writes_nothing():
 def test_todo_on_positional():
     image, infotext = txt2img(ToDoArgs(enabled=True, ratio=0.75).to_list())
     assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}:" in infotext
+    entries = kv_entries(infotext)
+    assert set(entries) == {(0, (32, 32), (16, 16), 2.0)}, infotext
+    calls = entries[(0, (32, 32), (16, 16), 2.0)]
+    assert calls > 0 and calls % (5 * BASE["steps"]) == 0, "5 self-attention layers at depth 0, every step"
     assert INFOTEXT_NOTE_KEY not in infotext, "ToDo acted: it did not step aside"
     assert pixels(image) != pixels(txt2img()[0]), "same seed, different pixels with ToDo on"
 
@@ -103,6 +137,7 @@ def test_todo_on_dict_args_and_hires_fix():
     _, infotext = txt2img([{"enabled": True, "hires_mode": "own", "hires_ratio": 0.9375}], **HIRES,
                           hr_scale=2, hr_second_pass_steps=2, denoising_strength=0.6)
     assert f"{INFOTEXT_HIRES_KV_KEY}:" in infotext and "(4x" in infotext.split(INFOTEXT_HIRES_KV_KEY)[1]
+    assert (0, (64, 64), (16, 16), 4.0) in kv_entries(infotext, INFOTEXT_HIRES_KV_KEY), "512 px: a 64x64 grid"
     assert infotext.count(f"{INFOTEXT_FIRST_PASS_KV_KEY}:") == 1 and infotext.count(INFOTEXT_HIRES_KV_KEY) == 1
     assert INFOTEXT_NOTE_KEY not in infotext
 
@@ -122,9 +157,11 @@ def test_invalid_args_rejected_before_generation(args):
 
 
 def test_todo_with_the_hosts_token_merging_acts_or_says_why():
-    """Never silently nothing: with Token merging on, ToDo either changes the image without a note (Forge and
-    reForge: it composes) or adds a note that it stepped aside (A1111). The option is reset through
-    /sdapi/v1/options afterwards (reForge does not restore an override_settings of it)."""
+    """Never silently nothing: with Token merging on, ToDo either changes the image without a note and records
+    its K/V grids (Forge and reForge: it composes) or adds a note that it stepped aside because of Token merging
+    (A1111; its K/V line then only lists the calls it acted in, none where Token merging touched every depth-0
+    call). The option is reset through /sdapi/v1/options afterwards (reForge does not restore an
+    override_settings of it)."""
     status, options = call("/sdapi/v1/options")
     assert status == 200
     previous = options.get("token_merging_ratio", 0.0)
@@ -134,10 +171,15 @@ def test_todo_with_the_hosts_token_merging_acts_or_says_why():
         image, infotext = txt2img(ToDoArgs(enabled=True).to_list(), steps=2)
     finally:
         assert call("/sdapi/v1/options", {"token_merging_ratio": previous})[0] == 200
-    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}:" in infotext
     if INFOTEXT_NOTE_KEY in infotext:
-        assert "stepped aside" in infotext.split(INFOTEXT_NOTE_KEY)[1]
+        note = infotext.split(INFOTEXT_NOTE_KEY)[1]
+        aside = re.match(r': "?stepped aside in (\d+) self-attention calls?\b', note)
+        assert aside and "Token merging changed the tokens" in note, infotext
+        acted = sum(kv_entries(infotext).values()) if kv_line(infotext) else 0
+        calls = int(aside.group(1)) + acted
+        assert calls > 0 and calls % (5 * 2) == 0, "every depth-0 call, acted on or stepped aside in, is counted"
     else:
+        assert (0, (32, 32), (16, 16), 2.0) in kv_entries(infotext), infotext
         assert pixels(image) != pixels(merged)
 
 
@@ -161,13 +203,13 @@ def test_todo_off_image_identical_before_and_after_a_todo_job():
 def test_deeper_ratio_by_name_reaches_depth_1_and_the_infotext():
     _, infotext = txt2img([{"enabled": True, "max_depth": 1, "deeper_ratio": 0.9375}])
     assert "ToDo deeper ratio: 0.9375" in infotext
-    assert "d1 256->16 (4x)" in infotext.split(INFOTEXT_FIRST_PASS_KV_KEY)[1]
+    assert (1, (16, 16), (4, 4), 4.0) in kv_entries(infotext)
 
 
 def test_positional_args_from_before_deeper_ratio_keep_the_ratio_at_every_depth():
     old = [True, 0.75, 1, False, 4096, "nearest", 0.0, 1.0, "same", 0.75, False]
     old_image, infotext = txt2img(old)
-    assert "ToDo deeper ratio: -1.0" in infotext and "d1 256->64 (2x)" in infotext
+    assert "ToDo deeper ratio: -1.0" in infotext and (1, (16, 16), (8, 8), 2.0) in kv_entries(infotext)
     same_image, _ = txt2img([*old, -1])
     assert pixels(old_image) == pixels(same_image)
 
@@ -196,6 +238,7 @@ def test_valid_todo_keys_in_the_infotext_field_apply():
     infotext = "Steps: 3, Sampler: Euler, Seed: 1, ToDo: True, ToDo ratio: 0.9375, ToDo method: avg-pool"
     _, info = txt2img(infotext=infotext)
     assert "ToDo ratio: 0.9375" in info and "ToDo method: avg-pool" in info and "(4x)" in info
+    assert (0, (32, 32), (8, 8), 4.0) in kv_entries(info)
 
 
 def test_rejection_carries_the_hosts_timing_header():
