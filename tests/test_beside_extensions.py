@@ -12,22 +12,16 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from unet_helpers import transformer_blocks
 
 import todo_ext
 from todo_ext import ToDoConfig
-from todo_ext.bench.models import build_unet, sdpa_attention, unet_inputs, webui_skip_resize
+from todo_ext.bench.models import build_unet, unet_inputs, webui_skip_resize
 
 WIDTH = 32
 
 
-@pytest.fixture(autouse=True)
-def sdpa():
-    with sdpa_attention():
-        yield
-
-
-def transformer_blocks(unet):
-    return [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+pytestmark = pytest.mark.usefixtures("sdpa")
 
 
 def depth0_blocks(unet):

@@ -11,6 +11,7 @@ import tomesd
 import torch
 from ldm.modules.attention import CrossAttention
 from torch import nn
+from unet_helpers import transformer_blocks
 
 import todo_ext
 from todo_ext import ToDoConfig
@@ -18,7 +19,6 @@ from todo_ext.bench.models import (
     LatentDiffusionShell,
     build_unet,
     cast_unet,
-    sdpa_attention,
     unet_inputs,
     webui_skip_resize,
 )
@@ -27,14 +27,7 @@ WIDTH = 32
 LDM_EINSUM_FORWARD = CrossAttention.forward
 
 
-@pytest.fixture(autouse=True)
-def sdpa():
-    with sdpa_attention():
-        yield
-
-
-def transformer_blocks(unet):
-    return [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+pytestmark = pytest.mark.usefixtures("sdpa")
 
 
 def paper_attention(attn: nn.Module, x: torch.Tensor, grid: tuple[int, int], stride: int = 2):

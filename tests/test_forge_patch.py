@@ -281,3 +281,25 @@ def test_deep_shrink_grids_are_read_where_the_block_runs(records_activations_sha
     assert not handle.record.aside
     assert {key[1] for key in handle.record.kv} == {(24, 32), (12, 16)}
     torch.testing.assert_close(patched, hooked, atol=1e-5, rtol=1e-4)
+
+
+def test_spectrum_like_forecast_steps_run_no_patch_and_the_computed_steps_are_downsampled():
+    """Forge Neo's Spectrum (upstream extensions-builtin/sd_forge_spectrum, a U-Net function wrapper) forecasts
+    the output of some steps instead of running the U-Net: those steps reach no attn1 patch, so the record counts
+    only the computed ones, and nothing fails."""
+    unet = build_unet("sd15", width=32)
+    sd_model, handle = attached(unet, todo_ext.ToDoConfig())
+    outputs = []
+
+    def spectrum(apply_model, args):
+        if len(outputs) % 2:
+            outputs.append(outputs[-1])
+        else:
+            outputs.append(apply_model(args["input"], args["timestep"], **args["c"]))
+        return outputs[-1]
+
+    sd_model.forge_objects.unet.model_options["model_function_wrapper"] = spectrum
+    x, _, context = unet_inputs(unet, 1, 16, 16)
+    for timestep in (900, 700, 500, 300):
+        assert forge_run(sd_model, x, timestep, context).shape == x.shape
+    assert handle.record.calls == 2 * 5 and handle.record.downsampled == 2 * 5

@@ -320,11 +320,17 @@ def forge_unet_call(unet, x, timestep, context, transformer_options):
 
 def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), model_options=None):
     """Mirrors backend/sampling/sampling_function.py calc_cond_uncond_batch's transformer_options: a copy of the
-    patcher's, plus `cond_or_uncond` and `sigmas` (the k-diffusion sigma of each batch entry)."""
+    patcher's, plus `cond_or_uncond` and `sigmas` (the k-diffusion sigma of each batch entry); a
+    `model_function_wrapper` gets apply_model and the call's arguments, as there."""
     model_options = patcher.model_options if model_options is None else model_options
     transformer_options = model_options["transformer_options"].copy()
     transformer_options["cond_or_uncond"] = list(cond_or_uncond)
     transformer_options["sigmas"] = sigma
+    if "model_function_wrapper" in model_options:  # Neo's Spectrum (set_model_unet_function_wrapper)
+        return model_options["model_function_wrapper"](
+            lambda input_x, timestep_, **c: patcher.model.apply_model(input_x, timestep_, **c),
+            {"input": x, "timestep": sigma, "c": {"context": context, "transformer_options": transformer_options},
+             "cond_or_uncond": list(cond_or_uncond)})
     return patcher.model.apply_model(x, sigma, context, transformer_options)
 
 
