@@ -62,13 +62,15 @@ def require(scripts, title):
 
 @pytest.fixture(scope="module")
 def controlnet(scripts):
-    """ControlNet's models and preprocessors, where it is installed."""
+    """ControlNet's models and preprocessors, where it is installed: the sd-webui-controlnet extension, or the
+    built-in "ControlNet Integrated" of Forge and reForge (sd_forge_controlnet), whose API has the same lists but
+    no /controlnet/version."""
     require(scripts, "controlnet")
-    status, _ = call("/controlnet/version")
+    status, modules = call("/controlnet/module_list")
     if status != 200:
         pytest.skip("no ControlNet API on this host")
-    return {"models": call("/controlnet/model_list")[1]["model_list"],
-            "modules": call("/controlnet/module_list")[1]["module_list"]}
+    return {"models": call("/controlnet/model_list")[1]["model_list"], "modules": modules["module_list"],
+            "integrated": call("/controlnet/version")[0] != 200}
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +81,25 @@ def hint():
 
 @pytest.mark.parametrize("module", ["reference_only", "reference_adain+attn"])
 def test_controlnet_reference_modes(controlnet, hint, module):
-    """Reference modes give attn1 an explicit context: x_norm1 itself (the reference's write pass) or
-    cat([x_norm1] + bank) (the read pass). ToDo downsamples it set by set and acts."""
+    """sd-webui-controlnet's reference modes give attn1 an explicit context: x_norm1 itself (the reference's write
+    pass) or cat([x_norm1] + bank) (the read pass). ToDo downsamples it set by set and acts.
+
+    The ControlNet Integrated of Forge and reForge instead replaces attn1 (`set_model_replace_all(attn1_proc,
+    "attn1")`, in every layer of 320 channels and more at weight 1) and runs an extra U-Net call per step to record
+    the reference: ToDo steps aside in every depth-0 call, both calls of every step, says why, and leaves the image
+    exact."""
     if module not in controlnet["modules"]:
         pytest.skip(f"no {module} preprocessor")
     unit = {"enabled": True, "module": module, "model": "None", "image": hint}
     without, _ = generated({"controlnet": {"args": [unit]}})
     image, infotext = generated({"controlnet": {"args": [unit]}, "ToDo": {"args": TODO_ON}})
+    if controlnet["integrated"]:
+        aside = re.search(r"stepped aside in (\d+) self-attention calls? where another extension replaces the "
+                          r"layer's self-attention", note_of(infotext) or "")
+        assert aside and int(aside.group(1)) == 2 * DEPTH0_LAYERS * SMALL["steps"], infotext
+        assert INFOTEXT_FIRST_PASS_KV_KEY not in infotext, "no call acted on"
+        assert pixels(image) == pixels(without), "stepped aside everywhere: the image is exact"
+        return
     assert INFOTEXT_NOTE_KEY not in infotext, "ToDo acted in every call: no note"
     entries = kv_entries(infotext)
     assert depth0_grids(entries) == {(32, 32): (16, 16)}, infotext
