@@ -63,8 +63,8 @@ def require(scripts, title):
 @pytest.fixture(scope="module")
 def controlnet(scripts):
     """ControlNet's models and preprocessors, where it is installed: the sd-webui-controlnet extension, or the
-    built-in "ControlNet Integrated" of Forge and reForge (sd_forge_controlnet), whose API has the same lists but
-    no /controlnet/version."""
+    built-in "ControlNet Integrated" of Forge, reForge and Forge Classic (sd_forge_controlnet), whose API has the
+    same lists but no /controlnet/version."""
     require(scripts, "controlnet")
     status, modules = call("/controlnet/module_list")
     if status != 200:
@@ -84,7 +84,7 @@ def test_controlnet_reference_modes(controlnet, hint, module):
     """sd-webui-controlnet's reference modes give attn1 an explicit context: x_norm1 itself (the reference's write
     pass) or cat([x_norm1] + bank) (the read pass). ToDo downsamples it set by set and acts.
 
-    The ControlNet Integrated of Forge and reForge instead replaces attn1 (`set_model_replace_all(attn1_proc,
+    The ControlNet Integrated of Forge, reForge and Classic instead replaces attn1 (`set_model_replace_all(attn1_proc,
     "attn1")`, in every layer of 320 channels and more at weight 1) and runs an extra U-Net call per step to record
     the reference: ToDo steps aside in every depth-0 call, both calls of every step, says why, and leaves the image
     exact."""
