@@ -81,6 +81,7 @@ class _PatchState:
         levels = tuple(sorted(set(block_levels.values())))
         self.touched_levels = {level for depth, level in enumerate(levels) if depth <= config.max_depth}
         self.sampling = sampling
+        self.sigma_window = _sigma_window(config, sampling)
         self.active = True
         self.calls = PassState(config, levels, warned)
 
@@ -96,10 +97,9 @@ class _PatchState:
         if not self.config.has_step_window or sigmas is None:
             return None if self.config.has_step_window else True
         sigma = torch.as_tensor(sigmas).flatten()[:1]
-        percent_to_sigma = getattr(self.sampling, "percent_to_sigma", None)
-        if callable(percent_to_sigma):
-            lowest, highest = percent_to_sigma(self.config.end), percent_to_sigma(self.config.start)
-            return float(lowest) <= float(sigma) <= float(highest)
+        if self.sigma_window is not None:
+            lowest, highest = self.sigma_window
+            return lowest <= float(sigma) <= highest
         timestep_of = getattr(self.sampling, "timestep", None)
         if not callable(timestep_of):
             return None
@@ -111,8 +111,12 @@ class _PatchState:
         _batch, _channels, latent_height, latent_width = extra_options["original_shape"]
         self.calls.begin((latent_height, latent_width), self.in_window(extra_options.get("sigmas")))
         tokens = n if context is None else context
-        reduced = kv_context(tokens, level, self.calls, grid=_received_grid(extra_options, caller, tokens.shape[1]),
-                             blocked=self._blocked(n, tokens, value, extra_options, caller, patch))
+        blocked = grid = None
+        if self.calls.in_window:  # the frames are read only for calls that may act
+            blocked = self._blocked(n, tokens, value, extra_options, caller, patch)
+            if blocked is None:
+                grid = _received_grid(extra_options, caller, tokens.shape[1])
+        reduced = kv_context(tokens, level, self.calls, grid=grid, blocked=blocked)
         if reduced is None:
             return n, context, value
         return n, reduced, reduced
@@ -136,6 +140,15 @@ class _PatchState:
         if n.shape[0] != tokens.shape[0]:
             return "hypertile"
         return None
+
+
+def _sigma_window(config: ToDoConfig, sampling: Any) -> tuple[float, float] | None:
+    """The (lowest, highest) sigma of the step window from the schedule's `percent_to_sigma`, once per pass;
+    None where there is no window or the schedule has no such method."""
+    percent_to_sigma = getattr(sampling, "percent_to_sigma", None)
+    if not config.has_step_window or not callable(percent_to_sigma):
+        return None
+    return float(percent_to_sigma(config.end)), float(percent_to_sigma(config.start))
 
 
 def _received_grid(extra_options: dict, caller: FrameType | None, tokens: int) -> tuple[int, int] | None:
