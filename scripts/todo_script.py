@@ -6,7 +6,6 @@ host's U-Net in todo_ext.hosts (hooks on A1111, the U-Net patcher's attn1 patch 
 """
 
 import html
-import importlib
 import json
 import weakref
 from functools import cache, wraps
@@ -19,33 +18,26 @@ from modules.ui_components import InputAccordion
 import todo_ext
 from todo_ext import api_validation, hosts
 from todo_ext import args as todo_args
+from todo_ext import xyz as todo_xyz
 from todo_ext.api_validation import SCRIPT_TITLE
+from todo_ext.record import JobRecord
 
-XYZ_AXIS_PREFIX = "[ToDo] "
 SETTINGS_SECTION = ("todo", "ToDo")
 
-_hooked_unets = weakref.WeakSet()
-"""Every U-Net this extension hooked, so cleanup also reaches a model that was swapped out mid-job."""
-
-_forge_handles = weakref.WeakSet()
-"""ToDo patches put on Forge/reForge U-Net patchers, turned off at cleanup in case a patched clone outlives its job."""
+_attachments = []
+"""Every attach made and not yet removed, whichever model it went to: cleanup also reaches a model that was swapped
+out mid-job, or a patched clone that outlives its job."""
 
 _hooking_job = [lambda: None]
-"""A weak reference to the job (processing object, not hashable) that the hooks and patches now attached belong to."""
+"""A weak reference to the job (processing object, not hashable) that the attachments now in place belong to."""
 
 
 def remove_all_hooks(sd_model=None) -> int:
-    """Take ToDo off every U-Net hooked so far and off `sd_model`'s, whatever happened to the last job; turn off
-    every Forge-style patch made so far."""
-    unets = list(_hooked_unets)
-    current = hosts.a1111.unet_of(sd_model)
-    if current is not None:
-        unets.append(current)
-    _hooked_unets.clear()
-    for handle in list(_forge_handles):
-        handle.remove()
-    _forge_handles.clear()
-    return sum(todo_ext.remove(unet) for unet in unets)
+    """Take ToDo off every model attached to so far and off `sd_model`'s, whatever happened to the last job."""
+    for attachment in _attachments:
+        attachment.remove()
+    _attachments.clear()
+    return hosts.remove_all(sd_model)
 
 
 @cache
@@ -81,48 +73,6 @@ def _not_saved_in_ui_config(component):
     if accordion is not None:
         accordion.do_not_save_to_config = True
     return component
-
-
-PASS_KINDS = ("first", "hires")
-
-
-class _JobRecord:
-    """What ToDo did in one job, for the infotext: the handle of every attach, by pass kind, and the reasons it
-    could not attach. The infotext entries are callables the WebUI evaluates when it writes the infotext, after
-    sampling, so they state what the engine recorded, never a plan."""
-
-    def __init__(self):
-        self.notes = []
-        self.handles = {kind: [] for kind in PASS_KINDS}
-        self.warned = set()  # engine warnings already logged in this job: each appears once per generation
-
-    def record(self, kind=None):
-        kinds = PASS_KINDS if kind is None else (kind,)
-        return todo_ext.PassRecord.merged(handle.record for each in kinds for handle in self.handles[each])
-
-    def never_called(self):
-        """Passes ToDo attached to whose hooks or patch the host never ran (an attention path that skips them)."""
-        return [kind for kind in PASS_KINDS if self.handles[kind] and not self.record(kind).calls]
-
-    def sampling_notes(self):
-        """What sampling showed: passes whose hooks or patch the host never ran, calls ToDo stepped aside in."""
-        notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
-                 for kind in self.never_called()]
-        aside = self.record().aside_text()
-        return [*notes, aside] if aside else notes
-
-    def note(self, **_locals):
-        return "; ".join([*self.notes, *self.sampling_notes()]) or None
-
-    def new_batch(self):
-        for handles in self.handles.values():
-            handles.clear()
-
-    def kv_line(self, kind):
-        def line(**_locals):
-            return self.record(kind).kv_text()
-
-        return line
 
 
 KV_KEYS = {"first": todo_args.INFOTEXT_FIRST_PASS_KV_KEY, "hires": todo_args.INFOTEXT_HIRES_KV_KEY}
@@ -180,7 +130,7 @@ class ToDoScript(scripts.Script):
         p.extra_generation_params = {
             key: value for key, value in p.extra_generation_params.items() if not key.startswith(SCRIPT_TITLE)
         }
-        p.todo_job = _JobRecord()
+        p.todo_job = JobRecord()
 
     def before_process_batch(self, p, *args, **kwargs):
         """Each batch's images record what ToDo did in that batch's passes (the WebUI writes their infotexts
@@ -193,7 +143,7 @@ class ToDoScript(scripts.Script):
         job_args = self._job_args(p, args)
         config = job_args.config_for_pass(kind == "hires") if job_args else None
         p.todo_pass_config = config
-        if config is None or not hook_unet(p, config):
+        if config is None or not attach(p, config):
             return
         job = _job_of(p)
         p.extra_generation_params.update(todo_args.infotext_params(job_args))
@@ -203,7 +153,7 @@ class ToDoScript(scripts.Script):
     def postprocess(self, p, processed, *args):
         remove_all_hooks(getattr(p, "sd_model", None))
         job = getattr(p, "todo_job", None)
-        if not isinstance(job, _JobRecord):
+        if not isinstance(job, JobRecord):
             return
         params = p.extra_generation_params
         for kind, key in KV_KEYS.items():
@@ -218,7 +168,7 @@ class ToDoScript(scripts.Script):
     def _job_args(self, p, script_args):
         try:
             job_args = todo_args.parse_script_args(script_args, current_defaults())
-            overrides = getattr(p, "todo_overrides", None)
+            overrides = getattr(p, todo_xyz.OVERRIDES_ATTRIBUTE, None)
             return job_args.with_values(overrides) if overrides else job_args
         except ValueError as error:
             _step_aside(p, f"invalid arguments, ToDo off ({error})")
@@ -241,8 +191,8 @@ def _write_as_text(params, key):
 
 
 def _job_of(p):
-    if not isinstance(getattr(p, "todo_job", None), _JobRecord):
-        p.todo_job = _JobRecord()
+    if not isinstance(getattr(p, "todo_job", None), JobRecord):
+        p.todo_job = JobRecord()
     return p.todo_job
 
 
@@ -254,63 +204,53 @@ def _step_aside(p, reason):
     p.extra_generation_params[todo_args.INFOTEXT_NOTE_KEY] = job.note
 
 
-def hook_unet(p, config):
-    """Attach `config` to the U-Net of the model loaded now, the host's way (hosts.adapter_for); returns whether
-    it did. Where ToDo cannot act it says why once (a warning and a note) and stops trying for this pass."""
+def attach(p, config):
+    """Attach `config` to the model loaded now, the host's way (hosts.attach_for); returns whether it did. Where
+    ToDo cannot act it says why once (a warning and a note) and stops trying for this pass."""
     job = _job_of(p)
     sd_model = getattr(p, "sd_model", None)
-    adapter = hosts.adapter_for(sd_model)
-    unet = adapter.unet_of(sd_model)
     reason = None
-    if unet is None:
-        reason = "the loaded model has no torch U-Net"
-    elif adapter is hosts.a1111 and sd_unet.current_unet is not None:
+    if sd_unet.current_unet is not None:
         reason = "an alternative U-Net (e.g. TensorRT) runs instead of the torch one"
     else:
         try:
-            handle = adapter.attach(sd_model, config, job.warned)
-        except todo_ext.UnsupportedModelError:
-            reason = f"model not supported ({type(unet).__name__}; needs SD1.x/SD2.x/SDXL attention)"
+            attachment = hosts.attach_for(sd_model)(sd_model, config, job.warned)
+        except todo_ext.UnsupportedModelError as error:
+            reason = f"model not supported ({str(error).removeprefix('ToDo: ')})"
         except Exception as error:
             reason = f"could not attach ({type(error).__name__}: {error})"
             if reason not in job.notes:
-                todo_ext.patch.log.exception("ToDo: could not attach to %s", type(unet).__name__)
+                todo_ext.patch.log.exception("ToDo: could not attach to %s", type(sd_model).__name__)
     if reason is not None:
         p.todo_pass_config = None
         _step_aside(p, reason)
         return False
-    if adapter is hosts.forge:
-        _forge_handles.add(handle)
-    else:
-        _hooked_unets.add(unet)
+    _attachments.append(attachment)
     _hooking_job[0] = weakref.ref(p)
-    job.handles[_pass_kind(p)].append(handle)
+    job.attachments[_pass_kind(p)].append(attachment)
     return True
 
 
-def _attached(sd_model):
-    if hosts.forge.is_forge_model(sd_model):
-        return hosts.forge.has_todo_patch(sd_model)
-    unet = hosts.a1111.unet_of(sd_model)
-    return unet is None or unet in _hooked_unets
-
-
-def follow_model_switch(params):
-    """Runs before every U-Net call of every sampling job, scripted or not (CFGDenoiser.forward).
+def on_denoiser_step(params):
+    """Runs before every step's U-Net calls of every sampling job, scripted or not (CFGDenoiser.forward).
 
     Another job than the one that attached ToDo (one that raised skipped its postprocess; jobs with `p.scripts`
-    None never call scripts) finds and removes the hooks and patches here before its first U-Net call. In the
-    attaching job, the refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) with
-    no script hook in between; this attaches to the new U-Net before its first call (Forge reads
-    `forge_objects.unet` anew for every step)."""
+    None never call scripts) finds and removes the attachments here before its first U-Net call. In the attaching
+    job, the refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) with no script
+    hook in between; this attaches to the new model before its first call (Forge reads `forge_objects.unet` anew
+    for every step). Then the step window is decided for the step, once, before the U-Net runs."""
     p = getattr(params.denoiser, "p", None)
-    if (len(_hooked_unets) or len(_forge_handles)) and p is not _hooking_job[0]():
+    if _attachments and p is not _hooking_job[0]():
         remove_all_hooks(getattr(p, "sd_model", None))
         return
     config = getattr(p, "todo_pass_config", None)
-    if config is None or _attached(getattr(p, "sd_model", None)):
+    if config is None:
         return
-    hook_unet(p, config)
+    sd_model = getattr(p, "sd_model", None)
+    if not any(attachment.attached(sd_model) for attachment in _attachments) and not attach(p, config):
+        return
+    for attachment in _attachments:
+        attachment.begin_step(params.sigma, params.denoiser)
 
 
 _said = set()
@@ -350,40 +290,6 @@ def on_ui_settings():
         shared.opts.add_option(todo_args.setting_key(spec), option.info(spec.hint).needs_reload_ui())
 
 
-def _xyz_override(name, **also):
-    def apply(p, value, _values):
-        p.todo_overrides = {**getattr(p, "todo_overrides", {}), name: value, **also}
-
-    return apply
-
-
-def _xyz_confirm(name):
-    def confirm(_p, values):
-        for value in values:
-            todo_args.FIELDS_BY_NAME[name].coerce(value)
-
-    return confirm
-
-
-def _xyz_grid_module():
-    """The X/Y/Z plot's module wherever the host keeps it: scripts/xyz_grid.py (A1111, Forge, reForge, Neo) or
-    extensions-builtin/xyz/scripts/xyz_grid.py (Forge Classic); the script loader names it "xyz_grid.py" on both."""
-    return next((data.module for data in scripts.scripts_data if data.script_class.__module__ == "xyz_grid.py"),
-                None)
-
-
-def _enabled_choices(xyz_grid):
-    """The host's boolean_choice(reverse=True): in the xyz_grid module, or in lib_xyz.utils on Forge Classic (whose
-    script basedir is on sys.path), or the same choices made here where neither has it."""
-    boolean_choice = getattr(xyz_grid, "boolean_choice", None)
-    if boolean_choice is None:
-        try:
-            boolean_choice = importlib.import_module("lib_xyz.utils").boolean_choice
-        except (ImportError, AttributeError):
-            return lambda: ["False", "True"]
-    return boolean_choice(reverse=True)
-
-
 @_optional("X/Y/Z axes not added")
 def add_xyz_axes(xyz_grid_may_load_later=False):
     """X/Y/Z plot axes, added the way the built-in Hypertile does, once per loaded xyz_grid module.
@@ -391,28 +297,12 @@ def add_xyz_axes(xyz_grid_may_load_later=False):
     Called when this script loads (A1111 loads scripts/xyz_grid.py before extensions' scripts), because with
     --nowebui the API builds the X/Y/Z script's axis list before `before_ui` runs; `before_ui` adds them should the
     X/Y/Z script have loaded later, and only it says when there is none (at load one may still come)."""
-    xyz_grid = _xyz_grid_module()
+    xyz_grid = todo_xyz.xyz_grid_module(scripts.scripts_data)
     if xyz_grid is None:
         if xyz_grid_may_load_later:
             return
         raise LookupError("no X/Y/Z plot script loaded")
-    if any(opt.label.startswith(XYZ_AXIS_PREFIX) for opt in xyz_grid.axis_options):
-        return
-    depths = todo_args.FIELDS_BY_NAME["max_depth"]
-    xyz_grid.axis_options.extend([
-        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Enabled", str, _xyz_override("enabled"),
-                            confirm=_xyz_confirm("enabled"), choices=_enabled_choices(xyz_grid)),
-        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Ratio", float, _xyz_override("ratio"), confirm=_xyz_confirm("ratio")),
-        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Hires ratio", float, _xyz_override("hires_ratio", hires_mode="own"),
-                            confirm=_xyz_confirm("hires_ratio")),
-        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Max depth", int, _xyz_override("max_depth"),
-                            confirm=_xyz_confirm("max_depth"),
-                            choices=lambda: [str(depth) for depth in range(int(depths.maximum) + 1)]),
-        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Deeper ratio", float, _xyz_override("deeper_ratio"),
-                            confirm=_xyz_confirm("deeper_ratio")),
-        xyz_grid.AxisOption(XYZ_AXIS_PREFIX + "Method", str, _xyz_override("method"), confirm=_xyz_confirm("method"),
-                            choices=lambda: list(todo_args.FIELDS_BY_NAME["method"].choices)),
-    ])
+    todo_xyz.add_axes(xyz_grid)
 
 
 @_optional("API validation of ToDo args not installed")
@@ -434,4 +324,4 @@ script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)
 script_callbacks.on_script_unloaded(on_script_unloaded)
-script_callbacks.on_cfg_denoiser(follow_model_switch)
+script_callbacks.on_cfg_denoiser(on_denoiser_step)

@@ -88,7 +88,7 @@ def test_ratio_zero_is_bit_identical_to_the_plain_unet():
     reference = unet(x, t, c)
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.0, max_depth=3))
     assert torch.equal(unet(x, t, c), reference)
-    assert handle.stats["downsampled"] == 0
+    assert handle.record.downsampled == 0
 
 
 def test_downsampling_changes_the_output_and_remove_restores_it_bit_for_bit():
@@ -128,7 +128,7 @@ def test_applying_twice_replaces_the_settings_instead_of_stacking():
     calls, _ = record_attn1(unet)
     unet(x, t, c)
     assert {call["context"].shape[1] for call in calls if call["context"] is not None} == {16}
-    assert handle.stats["downsampled"] == 5
+    assert handle.record.downsampled == 5
 
 
 @pytest.mark.parametrize("latent", [(135, 240), (125, 125), (17, 31)])
@@ -141,7 +141,7 @@ def test_odd_grids_use_ceil_arithmetic(latent):
     with webui_skip_resize():
         out = unet(x, t, c)
     assert out.shape == x.shape
-    assert handle.stats == {"downsampled": 10, "passed_through": 0, "errors": 0}
+    assert handle.record.downsampled == 10 and not handle.record.aside
     level1 = (-(-latent[0] // 2), -(-latent[1] // 2))
     for call in calls:
         grid = latent if call["x"].shape[1] == latent[0] * latent[1] else level1
@@ -162,7 +162,7 @@ def test_every_batch_size_is_downsampled(batch):
     unet(x, t, c)
     contexts = [call["context"] for call in calls if call["context"] is not None]
     assert [tuple(ctx.shape) for ctx in contexts] == [(batch, 64, WIDTH)] * 5
-    assert handle.stats["downsampled"] == 5
+    assert handle.record.downsampled == 5
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -256,6 +256,25 @@ def test_step_window_reads_progress_from_the_timestep():
         assert torch.equal(unet(x, t, c), reference) is not expect_downsampled, timestep
 
 
+def test_an_unreadable_unet_input_counts_its_attention_calls_as_errors(monkeypatch, caplog):
+    """Where the U-Net's input cannot be read (here: its timestep), the call's attention runs exact and the record
+    says error, not "outside the step window"."""
+    unet = build_unet("sd15", WIDTH)
+    x, t, c = unet_inputs(unet, 1, 16, 16)
+    reference = unet(x, t, c)
+    handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75, start=0.2, end=0.8))
+
+    def unreadable(_timesteps):
+        raise RuntimeError("unreadable timestep")
+
+    monkeypatch.setattr(todo_ext.patch, "progress_of_timestep", unreadable)
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        assert torch.equal(unet(x, t, c), reference)
+    assert handle.record.aside == {"error": 5} and handle.record.outside_window == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "ToDo: could not read the U-Net input; attention runs unchanged"]
+
+
 def token_merged_unet():
     """A small SD1.5 U-Net with the WebUI's Token merging (tomesd, 0.5) applied."""
     unet = build_unet("sd15", WIDTH)
@@ -273,8 +292,8 @@ def test_token_merging_makes_todo_step_aside_with_one_warning(caplog):
         both = unet(x, t, c)
         unet(x, t, c)
     assert torch.equal(both, tome_only)
-    assert handle.stats["passed_through"] == 10
-    assert handle.stats["downsampled"] == 0
+    assert handle.record.aside == {"token-merging": 10}
+    assert handle.record.downsampled == 0
     assert len([r for r in caplog.records if "Token merging changed the tokens" in r.getMessage()]) == 1
 
 
@@ -303,7 +322,7 @@ def test_a_failure_inside_todo_falls_back_to_exact_attention(monkeypatch, caplog
     monkeypatch.setattr("todo_ext.patch.downsample_tokens", broken)
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         assert torch.equal(unet(x, t, c), reference)
-    assert handle.stats["errors"] == 5
+    assert handle.record.aside == {"error": 5}
     assert len([r for r in caplog.records if "downsampling failed" in r.getMessage()]) == 1
 
 
@@ -358,8 +377,8 @@ def test_hypertile_makes_todo_step_aside_and_todo_returns_when_it_is_off(caplog)
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         both = unet(x, t, c)
     assert torch.isfinite(both).all()
-    assert handle.stats["passed_through"] == 2
-    assert handle.stats["downsampled"] == 3
+    assert handle.record.aside == {"hypertile": 2}
+    assert handle.record.downsampled == 3
     assert len([r for r in caplog.records if "Hypertile" in r.getMessage()]) == 1
     todo_ext.remove(unet)
     for switch in switches:
@@ -442,7 +461,7 @@ def test_deep_shrink_at_depth_0_is_downsampled_on_the_shrunken_grid(layout, late
     own_grid = (-(-latent[0] // 2**level), -(-latent[1] // 2**level))
     depth0 = [call for call in calls if call["block"] in transformer_blocks(unet)[:2] + transformer_blocks(unet)[-3:]]
     assert sum(call["grid"] != own_grid for call in depth0) == 4, "the reproduction shrinks four depth-0 calls"
-    assert handle.stats == {"downsampled": len(depth0), "passed_through": 0, "errors": 0}
+    assert handle.record.downsampled == len(depth0) and not handle.record.aside
     for call in depth0:
         grid = call["grid"]
         assert call["context"].shape[1] == -(-grid[0] // 2) * -(-grid[1] // 2)
@@ -462,7 +481,7 @@ def test_deep_shrink_reaches_deeper_depths_with_their_own_ratio():
     blocks = transformer_blocks(unet)
     depth1 = [call for call in calls if call["block"] in blocks[2:4] + blocks[-6:-3]]
     assert {call["grid"] for call in depth1} == {(10, 14)}
-    assert handle.stats["passed_through"] == 0
+    assert not handle.record.aside
     for call in depth1:
         assert call["context"].shape[1] == 4 * 5
         torch.testing.assert_close(call["out"], paper_attention(call["block"].attn1, call["x"], (10, 14), stride=3),
@@ -481,7 +500,7 @@ def test_auto_follows_the_tokens_each_call_gets_under_deep_shrink():
     depth0 = {(call["grid"], None if call["context"] is None else call["context"].shape[1])
               for call in calls if call["grid"][0] >= 16}
     assert depth0 == {((16, 16), None), ((32, 32), 256)}
-    assert handle.stats == {"downsampled": 1, "passed_through": 0, "errors": 0}
+    assert handle.record.downsampled == 1 and not handle.record.aside
 
 
 def test_token_merging_on_a_grid_of_another_aspect_still_steps_aside(caplog):
@@ -492,8 +511,8 @@ def test_token_merging_on_a_grid_of_another_aspect_still_steps_aside(caplog):
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         assert torch.equal(unet(x, t, c), tome_only)
-    assert handle.stats["passed_through"] == 5
-    assert handle.stats["downsampled"] == 0
+    assert handle.record.aside == {"token-merging": 5}
+    assert handle.record.downsampled == 0
     assert len([r for r in caplog.records if "Token merging changed the tokens" in r.getMessage()]) == 1
 
 
@@ -506,4 +525,4 @@ def test_token_merging_whose_count_happens_to_be_a_grid_still_steps_aside():
     tome_only = unet(x, t, c)
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
     assert torch.equal(unet(x, t, c), tome_only)
-    assert handle.stats == {"downsampled": 0, "passed_through": 5, "errors": 0}
+    assert handle.record.downsampled == 0 and handle.record.aside == {"token-merging": 5}

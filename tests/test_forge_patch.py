@@ -57,7 +57,7 @@ def test_the_patch_gives_the_same_output_as_the_hooks(unet, config):
     x, _, context = unet_inputs(unet, 2, 16, 24)
     sd_model, handle = attached(unet, config)
     patched = forge_run(sd_model, x, 500, context)
-    assert handle.stats["downsampled"] > 0 and handle.stats["passed_through"] == 0
+    assert handle.record.downsampled > 0 and not handle.record.aside
     torch.testing.assert_close(patched, hooks_run(unet, config, x, 500, context), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(patched, hooks_run(unet, None, x, 500, context), atol=1e-4)
 
@@ -66,13 +66,13 @@ def test_attach_patches_a_clone_and_a_second_attach_replaces_the_patch():
     unet = build_unet("sd15", width=32)
     sd_model = forge_host.ForgeDiffusionEngine(unet)
     original = sd_model.forge_objects.unet
-    forge.attach(sd_model, todo_ext.ToDoConfig(ratio=0.75), set())
+    first_attach = forge.attach(sd_model, todo_ext.ToDoConfig(ratio=0.75), set())
     first = sd_model.forge_objects.unet
     assert first is not original and original.model_options == {"transformer_options": {}}
-    forge.attach(sd_model, todo_ext.ToDoConfig(ratio=0.9375), set())
+    handle = forge.attach(sd_model, todo_ext.ToDoConfig(ratio=0.9375), set())
     patches = sd_model.forge_objects.unet.model_options["transformer_options"]["patches"]["attn1_patch"]
     assert len(patches) == 1 and patches[0].state.config.ratio == 0.9375
-    assert forge.has_todo_patch(sd_model)
+    assert handle.attached(sd_model) and not first_attach.attached(sd_model)
     x, _, context = unet_inputs(unet, 1, 16, 16)
     torch.testing.assert_close(forge_run(sd_model, x, 500, context),
                                hooks_run(unet, todo_ext.ToDoConfig(ratio=0.9375), x, 500, context),
@@ -86,9 +86,9 @@ def test_a_clone_made_after_the_patch_keeps_it_working():
     sd_model.forge_objects.unet = sd_model.forge_objects.unet.clone()
     x, _, context = unet_inputs(unet, 1, 16, 16)
     forge_run(sd_model, x, 500, context)
-    assert handle.stats["downsampled"] > 0 and forge.has_todo_patch(sd_model)
+    assert handle.record.downsampled > 0 and handle.attached(sd_model)
     handle.remove()
-    assert not forge.has_todo_patch(sd_model)
+    assert not handle.attached(sd_model)
     torch.testing.assert_close(forge_run(sd_model, x, 500, context), hooks_run(unet, None, x, 500, context),
                                atol=1e-5, rtol=1e-4)
 
@@ -103,7 +103,7 @@ def test_the_step_window_means_what_it_means_with_the_hooks(timestep, model_clas
     handle = forge.attach(sd_model, config, set())
     torch.testing.assert_close(forge_run(sd_model, x, timestep, context),
                                hooks_run(unet, config, x, timestep, context), atol=1e-5, rtol=1e-4)
-    assert (handle.stats["downsampled"] > 0) == config.covers(1 - timestep / 999)
+    assert (handle.record.downsampled > 0) == config.covers(1 - timestep / 999)
 
 
 def test_token_merging_before_todo_composes_queries_merged_and_kv_downsampled(caplog):
@@ -115,7 +115,7 @@ def test_token_merging_before_todo_composes_queries_merged_and_kv_downsampled(ca
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         handle = forge.attach(sd_model, todo_ext.ToDoConfig(), set())
         both = forge_run(sd_model, x, 500, context)
-    assert handle.stats["downsampled"] > 0 and handle.stats["passed_through"] == 0
+    assert handle.record.downsampled > 0 and not handle.record.aside
     assert not torch.allclose(both, merged_only, atol=1e-4)
     assert not caplog.records
 
@@ -130,7 +130,7 @@ def test_hypertile_before_todo_makes_it_step_aside_once_with_a_count(caplog):
         handle = forge.attach(sd_model, todo_ext.ToDoConfig(), set())
         forge_run(sd_model, x, 500, context)
         torch.testing.assert_close(forge_run(sd_model, x, 500, context), tiled_only)
-    assert handle.stats["passed_through"] > 0 and handle.stats["downsampled"] == 0
+    assert set(handle.record.aside) == {"hypertile"} and handle.record.downsampled == 0
     assert len(caplog.records) == 1 and "Hypertile" in caplog.records[0].getMessage()
 
 
@@ -141,7 +141,7 @@ def test_an_attn1_patch_after_todo_makes_it_step_aside(caplog):
     x, _, context = unet_inputs(unet, 1, 16, 16)
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         forge_run(sd_model, x, 500, context)
-    assert handle.stats["passed_through"] > 0 and handle.stats["downsampled"] == 0
+    assert set(handle.record.aside) == {"later-patch"} and handle.record.downsampled == 0
     assert len(caplog.records) == 1 and "after ToDo" in caplog.records[0].getMessage()
 
 
@@ -162,7 +162,7 @@ def test_middle_block_replacements_pag_and_sag_keep_working(layout, caplog):
         sag_patcher.set_model_attn1_replace(forge_host.pag_attention, "middle", 0, 0)
         sag = forge_host.calc_cond_uncond_batch(sag_patcher, x, sigma, context)
     assert pag.shape == x.shape and torch.equal(pag, sag)
-    assert handle.stats["passed_through"] == 2 and handle.stats["downsampled"] > 0
+    assert handle.record.aside == {"replaced": 2} and handle.record.downsampled > 0
     assert ["replaces the layer's self-attention" in record.getMessage() for record in caplog.records] == [True]
 
 
@@ -187,7 +187,7 @@ def test_a_failure_inside_the_patch_falls_back_to_exact_attention(monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="todo_ext"):
         out = forge_run(sd_model, x, 500, context)
     torch.testing.assert_close(out, hooks_run(unet, None, x, 500, context), atol=1e-5, rtol=1e-4)
-    assert handle.stats["errors"] > 0 and len(caplog.records) == 1
+    assert set(handle.record.aside) == {"error"} and len(caplog.records) == 1
 
 
 def forge_run_at_sigma(sd_model, x, sigma, context):
@@ -265,11 +265,20 @@ class ScaledInput(torch.nn.Module):
         return self.block(torch.nn.functional.interpolate(h, scale_factor=self.scale), *args, **kwargs)
 
 
-@pytest.mark.parametrize("records_activations_shape", [False, True], ids=["forge", "reforge"])
-def test_deep_shrink_grids_are_read_where_the_block_runs(records_activations_shape, monkeypatch):
-    """Forge, Neo and Classic: the `h` and `w` of the calling SpatialTransformer.forward; reForge: its
-    `activations_shape`. Either way the patch acts on the shrunken grid, as the hooks do."""
-    monkeypatch.setattr(forge_host, "RECORDS_ACTIVATIONS_SHAPE", [records_activations_shape])
+def wrapped_in_calls(function, depth):
+    """`function` behind `depth` Python calls (a checkpoint wrapper, a profiler, a chain of other extensions'
+    wrappers): nothing between the host and ToDo's patch may change what the patch reads."""
+    for _ in range(depth):
+        function = (lambda inner: lambda *args, **kwargs: inner(*args, **kwargs))(function)
+    return function
+
+
+@pytest.mark.parametrize("wrapper_depth", [0, 12])
+def test_deep_shrink_grids_are_read_from_the_spatial_transformers_input(wrapper_depth, monkeypatch):
+    """The grid comes from a hook on each SpatialTransformer instance, never from the host's stack frames, so the
+    patch acts on the shrunken grid as the A1111 hooks do, whatever wraps the host's transformer block."""
+    monkeypatch.setattr(forge_host, "_transformer_block_forward",
+                        wrapped_in_calls(forge_host._transformer_block_forward, wrapper_depth))
     unet = build_unet("sd15", width=32)
     unet.input_blocks[2] = ScaledInput(unet.input_blocks[2], 0.5)
     config = todo_ext.ToDoConfig(ratio=0.75)

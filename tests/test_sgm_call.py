@@ -82,7 +82,7 @@ def test_sgm_keywords_pass_through_and_extra_tokens_stay_in_kv(with_extra_tokens
     x, t, c = unet_inputs(unet, 2, 16, 16)
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=0))
     assert unet(x, t, c).shape == x.shape
-    assert handle.stats["downsampled"] == 5
+    assert handle.record.downsampled == 5
     top_level = [block.attn1.calls[0] for block in blocks if block.attn1.calls[0]["out"].shape[1] == 64]
     assert len(top_level) == 5
     for call in top_level:
@@ -98,6 +98,6 @@ def test_cross_frame_attention_keeps_working():
     x, t, c = unet_inputs(unet, 4, 16, 16)
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
     assert torch.isfinite(unet(x, t, c)).all()
-    assert handle.stats == {"downsampled": 5, "passed_through": 0, "errors": 0}
+    assert handle.record.downsampled == 5 and not handle.record.aside
     assert {block.attn1.calls[0]["context"].shape for block in blocks if block.attn1.calls[0]["x"].shape[1] == 64} \
         == {torch.Size([4, 16, 128])}

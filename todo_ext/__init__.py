@@ -3,15 +3,11 @@
 from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
 from .patch import (
-    AttentionSite,
-    LevelPlan,
-    PassState,
     ToDoHandle,
     UnsupportedModelError,
     apply,
     attention_levels,
     attention_levels_by_block,
-    kv_context,
     plan_kv_tokens,
     remove,
 )
@@ -19,10 +15,7 @@ from .record import PassRecord
 
 __all__ = [
     "METHODS",
-    "AttentionSite",
-    "LevelPlan",
     "PassRecord",
-    "PassState",
     "ToDoConfig",
     "ToDoHandle",
     "UnsupportedModelError",
@@ -31,7 +24,6 @@ __all__ = [
     "attention_levels_by_block",
     "downsample_tokens",
     "factor_to_ratio",
-    "kv_context",
     "plan_kv_tokens",
     "ratio_to_factor",
     "remove",

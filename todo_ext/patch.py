@@ -74,7 +74,7 @@ class AttentionSite:
     container: nn.Module
 
 
-def _self_attention_blocks(unet: nn.Module) -> list[AttentionSite]:
+def self_attention_sites(unet: nn.Module) -> list[AttentionSite]:
     """Every self-attention site of an ldm/sgm UNetModel. A block that a model leaves out (None: the middle block
     of SD-XS, BK-SDM and KOALA-style U-Nets) is skipped."""
     if not all(hasattr(unet, name) for name in ("input_blocks", "middle_block", "output_blocks")):
@@ -106,7 +106,7 @@ def _self_attention_blocks(unet: nn.Module) -> list[AttentionSite]:
 def attention_levels(unet: nn.Module) -> tuple[int, ...]:
     """Levels (log2 of the downscale) with self-attention: (0, 1, 2, 3) on SD1.x/SD2.x (3 = the middle block),
     (1, 2) on SDXL."""
-    return tuple(sorted({site.level for site in _self_attention_blocks(unet)}))
+    return tuple(sorted({site.level for site in self_attention_sites(unet)}))
 
 
 @dataclass(frozen=True)
@@ -183,61 +183,81 @@ class _ToDoHook:
         return self.function(*args)
 
 
-class PassState:
-    """What the current U-Net call tells its self-attention layers (latent size, whether the step window is
-    open, the grid each layer received) and what ToDo did in the pass (`record`).
+def progress_of_timestep(timesteps: Any) -> float:
+    """Sampling progress (0 = noise, 1 = clean) of an ldm U-Net timestep (999 = noise, 0 = clean: the discrete
+    schedule SD was trained on). Reads one value from the device: call it once per step, never per attention."""
+    timestep = float(torch.as_tensor(timesteps).flatten()[0])
+    return min(1.0, max(0.0, 1.0 - timestep / (TRAIN_TIMESTEPS - 1)))
 
-    Host-neutral: the torch hooks below fill it from the U-Net's and its spatial transformers' inputs, a
-    Forge-style host from its own patch arguments, and both hand every self-attention call to `kv_context`.
+
+WindowReader = Callable[[tuple, dict], "bool | None"]
+"""Reads from a U-Net call's (args, kwargs) whether sampling is inside the step window; None where it cannot."""
+
+
+def timestep_window(config: ToDoConfig) -> WindowReader:
+    """The step window read from the timestep an ldm-layout U-Net gets (its second argument)."""
+
+    def read(args: tuple, kwargs: dict) -> bool | None:
+        timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
+        return None if timesteps is None else config.covers(progress_of_timestep(timesteps))
+
+    return read
+
+
+class PassState:
+    """What the current step and U-Net call tell the self-attention layers (whether the step window is open, the
+    grid each layer received, the host's options for the call) and what ToDo did in the pass (`record`).
+
+    Host-neutral: torch hooks on the U-Net and its spatial transformers fill it from their inputs, the host glue
+    decides the step window once per step (`begin_step`), and every self-attention call goes through `kv_context`,
+    from an attn1 hook (A1111) or a host's attn1 patch (Forge family).
     """
 
     def __init__(self, config: ToDoConfig, levels: tuple[int, ...], warned: set[str]):
         self.config = config
         self.levels = levels
+        self.active = True
+        """False once the attach is removed: anything of it the host still calls passes through."""
         self.in_window = True
+        self.unreadable_call = False
+        """The U-Net's input of this call could not be read: its attention calls are counted as errors."""
+        self.call_options: dict | None = None
+        """The `transformer_options` the host passed to this U-Net call (Forge family), None where it passes none."""
         self.record = PassRecord()
         self.grids: dict[int, tuple[int, int]] = {}
         """Grid of each spatial transformer's input in this U-Net call, by id of the transformer."""
-        self._latent: tuple[int, int] | None = None
+        self._window_from_host = False
         self._plans: dict[tuple[int, tuple[int, int]], LevelPlan] = {}
         self._warned = warned
 
-    @property
-    def stats(self) -> dict[str, int]:
-        """Calls downsampled, stepped aside (another patch or extension, an unreadable grid) and failed over."""
-        errors = self.record.aside["error"]
-        return {"downsampled": self.record.downsampled,
-                "passed_through": sum(self.record.aside.values()) - errors, "errors": errors}
+    def begin_step(self, in_window: bool | None) -> None:
+        """The host's step-window decision for the coming step's U-Net calls, made once per step before the U-Net
+        runs (None where the host tells no schedule position: the window is then ignored, with a warning)."""
+        self._window_from_host = True
+        self._set_window(in_window)
 
-    def begin_call(self, latent: torch.Tensor, timesteps: Any) -> None:
-        """Start a U-Net call from its input latent (batch, channels, height, width) and the timesteps an
-        ldm-layout U-Net gets (999 = noise, 0 = clean: the discrete schedule SD was trained on)."""
-        in_window = None
-        if self.config.has_step_window and timesteps is not None:
-            progress = 1.0 - float(torch.as_tensor(timesteps).flatten()[0]) / (TRAIN_TIMESTEPS - 1)
-            in_window = self.config.covers(min(1.0, max(0.0, progress)))
-        self.begin(tuple(latent.shape[-2:]), in_window)
+    def begin_call(self, options: Any, read_window: Callable[[], bool | None]) -> None:
+        """Start a U-Net call. Where no host decided the step window (`begin_step`), `read_window` reads it from
+        the call's input: one device read per U-Net call, for callers outside a WebUI."""
         self.grids.clear()
+        self.unreadable_call = False
+        self.call_options = options if isinstance(options, dict) else None
+        if self.config.has_step_window and not self._window_from_host:
+            self._set_window(read_window())
 
-    def begin(self, latent_size: tuple[int, ...], in_window: bool | None) -> None:
-        """Start a U-Net call: its latent (height, width) and whether sampling is inside the step window (None
-        when the host tells no schedule position, which ignores the step window with a warning)."""
-        latent = (int(latent_size[0]), int(latent_size[1]))
-        if latent != self._latent:
-            self._latent = latent
-            self._plans = {}
+    def fail_call(self) -> None:
+        """The U-Net's input could not be read: this call's attention runs exact and is counted as an error."""
+        self.unreadable_call = True
+        self.warn_once("unet-error", "could not read the U-Net input; attention runs unchanged", error=True)
+
+    def _set_window(self, in_window: bool | None) -> None:
         if in_window is None and self.config.has_step_window:
-            self.warn_once("no-timestep", "the U-Net got no timestep; the step window is ignored")
+            self.warn_once("no-timestep", "the sampler told no timestep or sigma; the step window is ignored")
         self.in_window = in_window is not False
 
-    def plan_for(self, level: int, tokens: int, grid: tuple[int, int] | None) -> LevelPlan | None:
-        """The plan for `tokens` received at `level` on `grid` (the 4-D input of the layer's spatial
-        transformer: a tile under Tiled Diffusion, the shrunken grid under Deep Shrink). Without a grid, the
-        latent's own grid at that level where its count matches; None where the tokens fill neither."""
-        if grid is None:
-            grid = level_grid(*self._latent, level) if self._latent else None
-        if grid is None or grid[0] * grid[1] != tokens:
-            return None
+    def plan_for(self, level: int, grid: tuple[int, int]) -> LevelPlan:
+        """The plan for a layer at `level` that received `grid` (a tile under Tiled Diffusion, the shrunken grid
+        under Deep Shrink); Auto sizes it as if the image had that grid."""
         key = (level, grid)
         plan = self._plans.get(key)
         if plan is None:
@@ -252,27 +272,36 @@ class PassState:
         if cause != "error":
             self.warn_once(cause, f"stepped aside: {ASIDE_CAUSES[cause]}; ToDo leaves those calls exact")
 
+    def fail_over(self) -> None:
+        """An error inside ToDo during one attention call: counted, logged once, and that call runs exact."""
+        self.step_aside("error")
+        self.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
+
     def warn_once(self, kind: str, message: str, *, error: bool = False) -> None:
         if kind not in self._warned:
             self._warned.add(kind)
             log.warning("ToDo: %s", message, exc_info=error)
 
 
-def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int, int] | None = None,
+def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int, int] | None,
                context: torch.Tensor | None = None, tokens_merged: bool = False,
                blocked: str | None = None) -> torch.Tensor | None:
     """The downsampled K/V source for one self-attention call at `level`, or None to leave it exact.
 
     One decision for every host: the torch hooks here and a Forge-style attn1 patch both call it with the
-    attention's input x (batch, tokens, channels), the grid the layer received where the host shows it, and the
-    explicit `context` the layer got, if any. A context made of x followed by other token sets of x's grid
-    (ControlNet's reference modes: x plus the reference's tokens) is downsampled set by set, so the result is
-    ToDo's formula on what the layer really attends to. Everything ToDo does or declines is counted in
-    `state.record`, with the cause: `blocked` is one the caller found (a cause in ASIDE_CAUSES), and
-    `tokens_merged` (the host knows Token merging ran on this layer) names the cause of a token count that fills
-    no grid. A failure inside ToDo is counted and leaves attention exact. Callers count the call itself
-    (`record.calls`) when it reaches them, so a pass whose hooks never ran shows as such.
+    attention's input x (batch, tokens, channels), the grid the layer received (None where the host showed none:
+    ToDo then steps aside rather than guess), and the explicit `context` the layer got, if any. A context made of
+    token sets of x's grid (ControlNet's reference modes: x followed by the reference's tokens) is downsampled set
+    by set, so the result is ToDo's formula on what the layer really attends to. The decision reads shapes only,
+    never values, so it costs no host-device sync. Everything ToDo does or declines is counted in `state.record`,
+    with the cause: `blocked` is one the caller found (a cause in ASIDE_CAUSES), and `tokens_merged` (the host
+    knows Token merging ran on this layer) names the cause of a token count that fills no grid. A failure inside
+    ToDo is counted and leaves attention exact. Callers count the call itself (`record.calls`) when it reaches
+    them, so a pass whose hooks never ran shows as such.
     """
+    if state.unreadable_call:
+        state.step_aside("error")
+        return None
     if not state.in_window:
         state.record.outside_window += 1
         return None
@@ -282,14 +311,13 @@ def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int
     try:
         tokens = x.shape[1]
         source = x if context is None else context
-        if x.dim() != 3 or source.dim() != 3 or source.shape[1] % tokens or (
-                context is not None and not torch.equal(context[:, :tokens], x)):
+        if x.dim() != 3 or source.dim() != 3 or source.shape[1] % tokens or source.shape[0] != x.shape[0]:
             state.step_aside("context")
             return None
-        plan = state.plan_for(level, tokens, grid)
-        if plan is None:
+        if grid is None or grid[0] * grid[1] != tokens:
             state.step_aside("token-merging" if tokens_merged else "grid")
             return None
+        plan = state.plan_for(level, grid)
         state.record.acted(plan.depth, plan.grid, plan.kv_grid, plan.factor)
         if plan.factor == 1.0:
             return None
@@ -299,23 +327,20 @@ def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int
                                     state.config.method)
         return reduced.reshape(batch, sets * reduced.shape[1], channels)
     except Exception:
-        state.step_aside("error")
-        state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
+        state.fail_over()
         return None
 
 
-def _unet_pre_hook(state: PassState) -> _ToDoHook:
-    def read_latent(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        try:
-            latent = args[0] if args else kwargs["x"]
-            timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
-            state.begin_call(latent, timesteps)
-        except Exception:
-            state.in_window = False
-            state.step_aside("error")
-            state.warn_once("unet-error", "could not read the U-Net input; attention runs unchanged", error=True)
+def _unet_pre_hook(state: PassState, read_window: WindowReader) -> _ToDoHook:
+    """Starts each U-Net call: the host's options for it and, where no host decided it, the step window."""
 
-    return _ToDoHook(read_latent)
+    def read_call(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        try:
+            state.begin_call(kwargs.get("transformer_options"), lambda: read_window(args, kwargs))
+        except Exception:
+            state.fail_call()
+
+    return _ToDoHook(read_call)
 
 
 def _grid_pre_hook(state: PassState) -> _ToDoHook:
@@ -356,56 +381,75 @@ def _attn1_pre_hook(state: PassState, site: AttentionSite) -> _ToDoHook:
                 return (args[0], reduced, *args[2:]), kwargs
             return args, {**kwargs, "context": reduced}
         except Exception:
-            state.step_aside("error")
-            state.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
+            state.fail_over()
             return None
 
     return _ToDoHook(swap_context)
 
 
-class ToDoHandle:
-    """The hooks one `apply` added; `remove()` takes exactly those off again."""
+def touched_sites(sites: list[AttentionSite], levels: tuple[int, ...], config: ToDoConfig) -> list[AttentionSite]:
+    """The sites at the depths `config` reaches."""
+    return [site for site in sites if levels.index(site.level) <= config.max_depth]
 
-    def __init__(self, unet: nn.Module, config: ToDoConfig, state: PassState, hooks: list[RemovableHandle]):
-        self.unet = unet
+
+def hook_unet(unet: nn.Module, state: PassState, sites: list[AttentionSite], read_window: WindowReader, *,
+              attn1: bool) -> list[RemovableHandle]:
+    """The hooks that feed `state` from the U-Net's and its spatial transformers' inputs, on the instances; with
+    `attn1`, also the pre-hooks that hand each touched attn1 its downsampled keys and values (a host with an attn1
+    patch channel calls `kv_context` from its patch instead)."""
+    hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state, read_window), with_kwargs=True)]
+    for container in {id(site.container): site.container for site in sites}.values():
+        hooks.append(container.register_forward_pre_hook(_grid_pre_hook(state), with_kwargs=True))
+    if attn1:
+        hooks.extend(site.block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, site), with_kwargs=True)
+                     for site in sites)
+    return hooks
+
+
+class ToDoHandle:
+    """What one attach added to a model; `remove()` takes exactly that off again."""
+
+    def __init__(self, model: nn.Module, config: ToDoConfig, state: PassState, parts: list[Any]):
+        self.model = model
         self.config = config
         self._state = state
-        self._hooks = hooks
+        self._parts = parts
+        """The hooks `remove()` takes off again."""
 
     @property
     def record(self) -> PassRecord:
-        """What ToDo did since `apply`: grids received, calls downsampled, calls stepped aside and why."""
+        """What ToDo did since it was attached: grids received, calls downsampled, calls stepped aside and why."""
         return self._state.record
 
     @property
-    def stats(self) -> dict[str, int]:
-        """Counts of attention calls downsampled, stepped aside and failed over."""
-        return self._state.stats
+    def active(self) -> bool:
+        return self._state.active
+
+    def begin_step(self, in_window: bool | None) -> None:
+        """The step window for the coming step, decided by the host once per step (see PassState.begin_step)."""
+        self._state.begin_step(in_window)
 
     def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._state.active = False
+        for part in self._parts:
+            part.remove()
+        self._parts = []
 
 
 def apply(unet: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None) -> ToDoHandle:
     """Hook ToDo into `unet` (replacing earlier ToDo settings) and return the handle that undoes it.
 
     Each kind of warning is logged once per `warned` set: pass one set to every `apply` of a generation (first
-    pass, hires pass, each batch) to warn once per generation; by default once per `apply`.
+    pass, hires pass, each batch) to warn once per generation; by default once per `apply`. The step window is read
+    from the U-Net's timestep at each call unless the caller decides it per step (`handle.begin_step`).
     """
     if not isinstance(config, ToDoConfig):
         raise TypeError(f"ToDo: config must be a ToDoConfig, not {type(config).__name__}")
-    sites = _self_attention_blocks(unet)
+    sites = self_attention_sites(unet)
     levels = tuple(sorted({site.level for site in sites}))
     remove(unet)
     state = PassState(config, levels, set() if warned is None else warned)
-    hooks = [unet.register_forward_pre_hook(_unet_pre_hook(state), with_kwargs=True)]
-    touched = [site for site in sites if levels.index(site.level) <= config.max_depth]
-    for container in {id(site.container): site.container for site in touched}.values():
-        hooks.append(container.register_forward_pre_hook(_grid_pre_hook(state), with_kwargs=True))
-    for site in touched:
-        hooks.append(site.block.attn1.register_forward_pre_hook(_attn1_pre_hook(state, site), with_kwargs=True))
+    hooks = hook_unet(unet, state, touched_sites(sites, levels, config), timestep_window(config), attn1=True)
     return ToDoHandle(unet, config, state, hooks)
 
 
@@ -424,4 +468,4 @@ def remove(unet: nn.Module) -> int:
 def attention_levels_by_block(unet: nn.Module) -> dict[tuple[str, int], int]:
     """Level of the self-attention in each U-Net block, keyed the way Forge-style hosts name the block they are
     running (`transformer_options["block"]`): ("input", i), ("middle", 0), ("output", i)."""
-    return {site.name: site.level for site in _self_attention_blocks(unet)}
+    return {site.name: site.level for site in self_attention_sites(unet)}

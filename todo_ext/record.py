@@ -93,3 +93,51 @@ class PassRecord:
             return f"stepped aside in {calls} where {ASIDE_CAUSES[next(iter(self.aside))]}"
         causes = ", ".join(f"{count} where {ASIDE_CAUSES[cause]}" for cause, count in self.aside.most_common())
         return f"stepped aside in {calls}: {causes}"
+
+
+PASS_KINDS = ("first", "hires")
+
+
+class JobRecord:
+    """What ToDo did in one job (a generation, all its batches), for the infotext: every attach, by pass kind, and
+    why ToDo could not act where it could not. The WebUI evaluates the infotext entries (`note`, `kv_line`) when
+    it writes the infotext, after sampling, so they state what the engine recorded, never a plan."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        """Why ToDo could not act on a pass (unsupported model, invalid arguments, an attach error), each once."""
+        self.attachments: dict[str, list] = {kind: [] for kind in PASS_KINDS}
+        """What each attach recorded (anything with a `record`), by pass kind, in this batch."""
+        self.warned: set[str] = set()
+        """Engine warnings already logged in this job: each appears once per generation."""
+
+    def record(self, kind: str | None = None) -> PassRecord:
+        kinds = PASS_KINDS if kind is None else (kind,)
+        return PassRecord.merged(attachment.record for each in kinds for attachment in self.attachments[each])
+
+    def never_called(self) -> list[str]:
+        """Passes ToDo attached to whose hooks or patch the host never ran (an attention path that skips them)."""
+        return [kind for kind in PASS_KINDS if self.attachments[kind] and not self.record(kind).calls]
+
+    def sampling_notes(self) -> list[str]:
+        """What sampling showed: passes whose hooks or patch the host never ran, calls ToDo stepped aside in."""
+        notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
+                 for kind in self.never_called()]
+        aside = self.record().aside_text()
+        return [*notes, aside] if aside else notes
+
+    def note(self, **_infotext_locals: object) -> str | None:
+        return "; ".join([*self.notes, *self.sampling_notes()]) or None
+
+    def new_batch(self) -> None:
+        """Each batch's images record that batch's passes (the WebUI writes their infotexts after the batch)."""
+        for attachments in self.attachments.values():
+            attachments.clear()
+
+    def kv_line(self, kind: str):
+        """The infotext entry of a pass kind's K/V line, evaluated when the infotext is written."""
+
+        def line(**_infotext_locals: object) -> str | None:
+            return self.record(kind).kv_text()
+
+        return line

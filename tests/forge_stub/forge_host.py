@@ -202,8 +202,8 @@ def _attention(q, k, v, heads):
 
 
 def _transformer_block_forward(self, x, context=None, transformer_options=None):
-    """Mirrors backend/nn/unet.py BasicTransformerBlock._forward (local names kept: ToDo's patch reads
-    `transformer_patches_replace` and `patch` from this frame) on an ldm BasicTransformerBlock's modules."""
+    """Mirrors backend/nn/unet.py BasicTransformerBlock._forward on an ldm BasicTransformerBlock's modules: the
+    attn1 patches get `extra_options`, which leaves out `patches` and `patches_replace`."""
     transformer_options = transformer_options or {}
     extra_options = {}
     block = transformer_options.get("block", None)
@@ -283,37 +283,16 @@ def _forge_layout(unet: nn.Module) -> Iterator[None]:
             del transformer.forward
 
 
-@contextlib.contextmanager
-def _activations_shape_recorded(unet: nn.Module) -> Iterator[None]:
-    """Mirrors reForge's ldm_patched/ldm/modules/attention.py SpatialTransformer.forward, which records
-    `transformer_options["activations_shape"] = list(x.shape)` for the blocks it runs (Forge, Neo and Classic
-    do not)."""
-    handles = [module.register_forward_pre_hook(
-        lambda _m, args: _options_of_call[-1].__setitem__("activations_shape", list(args[0].shape)))
-        for module in unet.modules() if type(module).__name__ == "SpatialTransformer"]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-RECORDS_ACTIVATIONS_SHAPE = [False]
-"""Whether the stand-in runs as reForge, recording `activations_shape`."""
-
-
 def forge_unet_call(unet, x, timestep, context, transformer_options):
     """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward)."""
     transformer_options["original_shape"] = list(x.shape)
     transformer_options["transformer_index"] = 0
     if not hasattr(unet, "input_blocks"):  # Flux, SD3: their own forward (backend/nn/flux.py, mmditx.py)
-        return unet(x, timestep, context)
+        return unet(x, timestep, context, transformer_options=transformer_options)
     _options_of_call.append(transformer_options)
     try:
-        with _forge_layout(unet), contextlib.ExitStack() as stack:
-            if RECORDS_ACTIVATIONS_SHAPE[0]:
-                stack.enter_context(_activations_shape_recorded(unet))
-            return unet(x, timestep, context)
+        with _forge_layout(unet):
+            return unet(x, timestep, context, transformer_options=transformer_options)
     finally:
         _options_of_call.pop()
 

@@ -63,7 +63,7 @@ def test_first_pass_patches_a_clone_and_acts(job):
     _, baseline = job.run(ToDoArgs(), width=128, height=128)
     p, processed = job.run(ToDoArgs(enabled=True, ratio=0.75), width=128, height=128)
     assert len(job.seen[1].patches) == 1
-    assert job.seen[1].patches[0].state.stats["downsampled"] > 0
+    assert job.seen[1].patches[0].state.record.downsampled > 0
     assert not torch.equal(baseline.images[0], processed.images[0])
     infotext = processed.infotexts[0]
     assert "ToDo: True" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}: d0 16x16->8x8 (2x) in 5 calls" in infotext
@@ -110,13 +110,13 @@ def test_refiner_switch_mid_pass_gets_the_patch(job, unet):
 
     job.run(ToDoArgs(enabled=True), sample=sample)
     assert patched == [1, 1]
-    assert todo_patches(refiner)[0].state.stats["downsampled"] > 0
+    assert todo_patches(refiner)[0].state.record.downsampled > 0
 
 
 @pytest.mark.parametrize("hires", [False, True])
 def test_models_without_the_ldm_layout_warn_once_and_generate(job, capsys, hires):
     class FluxLike(torch.nn.Module):
-        def forward(self, x, timesteps, context):
+        def forward(self, x, timesteps, context, **kwargs):
             return x * 2
 
     _, processed = job.run(ToDoArgs(enabled=True), model=forge_host.ForgeDiffusionEngine(FluxLike()),
@@ -130,8 +130,8 @@ def test_models_without_the_ldm_layout_warn_once_and_generate(job, capsys, hires
 def test_token_merging_composes_with_todo(job):
     _, merged = job.run(ToDoArgs(), token_merging_ratio=0.5, width=128, height=128)
     _, both = job.run(ToDoArgs(enabled=True), token_merging_ratio=0.5, width=128, height=128)
-    stats = job.seen[1].patches[0].state.stats
-    assert stats["downsampled"] > 0 and stats["passed_through"] == 0
+    record = job.seen[1].patches[0].state.record
+    assert record.downsampled > 0 and not record.aside
     assert INFOTEXT_NOTE_KEY not in both.infotexts[0]
     assert not torch.equal(merged.images[0], both.images[0])
 

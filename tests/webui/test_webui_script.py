@@ -39,8 +39,10 @@ def job(webui, unet):
     sd_model = sd_model_of(unet)
     seen = []
 
-    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, steps=1, unet_calls=True, **p_fields):
-        """`steps` U-Net calls per pass, each after the cfg_denoiser callbacks; `unet_calls=False` samples without
+    def run(args=(), *, fail_in_hires=False, model=sd_model, scripted=True, steps=1, unet_calls=True,
+            sigmas=None, inner_model=None, **p_fields):
+        """`steps` U-Net calls per pass (timestep 500), each after the cfg_denoiser callbacks, which get the step's
+        sigma from `sigmas` and a denoiser whose `inner_model` is given; `unet_calls=False` samples without
         calling the U-Net (a host whose attention path bypasses it)."""
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
 
@@ -50,9 +52,10 @@ def job(webui, unet):
             if fail_in_hires and p.is_hr_pass:
                 raise RuntimeError("out of memory")
             for step in range(steps):
-                if step:
-                    script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(
-                        x, None, None, step, steps, None, None, denoiser=types.SimpleNamespace(p=p)))
+                sigma = None if sigmas is None else torch.tensor([float(sigmas[step])])
+                script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(
+                    x, None, sigma, step, steps, None, None, denoiser=types.SimpleNamespace(p=p,
+                                                                                           inner_model=inner_model)))
                 if unet_calls:
                     x = diffusion_model(x, torch.full((1,), 500.0), context)
             return x
@@ -505,3 +508,19 @@ def test_adetailer_inpaint_pass_runs_todo_on_its_crop_only_when_listed(webui, un
         assert "ToDo" not in inpaint_infotext
         assert inner["hooks during the inpaint pass"] == [0]
     assert todo_hook_count(unet) == 0 and not runner.reported
+
+
+@pytest.mark.parametrize(("inner_model", "sigmas"), [
+    (types.SimpleNamespace(sigma_to_t=lambda sigma: sigma / 10), [999.0, 8991.0]),
+    (None, [99.9, 899.1]),
+], ids=["k-diffusion", "timesteps"])
+def test_the_step_window_is_decided_once_per_step_from_the_samplers_values(job, inner_model, sigmas):
+    """The denoiser callback decides each step before the U-Net runs: a k-diffusion sampler's sigma through its
+    inner model's sigma_to_t, or the timestep that DDIM, PLMS and UniPC hand it. The U-Net gets timestep 500
+    (progress 0.5, inside the window) in both steps: only the callback's values say step 1 is outside."""
+    args = ToDoArgs(enabled=True, ratio=0.75, start=0.0, end=0.5)
+    p, processed = job.run(args, steps=2, sigmas=sigmas, inner_model=inner_model, width=128, height=128)
+    record = p.todo_job.record("first")
+    assert record.outside_window == 5 and record.downsampled == 5
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls; 5 calls outside the step window" in processed.infotexts[0]
+

@@ -80,11 +80,11 @@ ToDo 0.5 (a fractional factor, 1.41) is left out: its proxy error is above 0.75'
 
 
 class _Applied:
-    """How to undo a configuration, and the engine's per-call counters (ToDo only) to prove it acted."""
+    """How to undo a configuration, and what the engine recorded (ToDo only) to prove it acted."""
 
-    def __init__(self, remove: Callable[[], None], stats: Callable[[], dict] = dict):
+    def __init__(self, remove: Callable[[], None], record: Callable[[], str | None] = lambda: None):
         self.remove = remove
-        self.stats = stats
+        self.record = record
 
 
 def apply_config(unet: nn.Module, config: BenchConfig) -> _Applied:
@@ -93,7 +93,7 @@ def apply_config(unet: nn.Module, config: BenchConfig) -> _Applied:
         import todo_ext
 
         handle = todo_ext.apply(unet, config.todo)
-        return _Applied(handle.remove, lambda: handle.stats)
+        return _Applied(handle.remove, lambda: handle.record.kv_text())
     if config.kind == "tome":
         import tomesd
 
@@ -225,7 +225,7 @@ class Measurement:
     label: str
     samples: list[Sample] = field(default_factory=list)
     peak_bytes: int | None = None
-    engine_stats: dict = field(default_factory=dict)
+    engine_record: str | None = None
     derived: dict[str, Any] = field(default_factory=dict)
 
 
@@ -332,7 +332,7 @@ def run_model(layout: str, size_plan: list[tuple[int, list[BenchConfig]]], *, re
                                 _clean_timed_call(unet, inputs, device, timer, quiet_wait_s, retries))
                         else:
                             measurement.peak_bytes = _memory_call(unet, inputs, device)
-                    measurement.engine_stats = applied.stats()
+                    measurement.engine_record = applied.record()
                 finally:
                     applied.remove()
                 if progress is not None:
@@ -423,6 +423,6 @@ def summarise(measurements: list[Measurement], levels_by_model: dict[str, list[i
             "todo_hook_share": statistics.median(s.todo_hook_seconds / s.seconds for s in m.samples)
             if m.config.startswith("todo") else None,
             "repeats": len(m.samples),
-            "engine_stats_last_call": m.engine_stats,
+            "engine_record": m.engine_record,
             "max_other_cpu_share": max((s.other_cpu_share or 0.0 for s in m.samples), default=0.0),
         }

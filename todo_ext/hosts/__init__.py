@@ -1,7 +1,8 @@
-"""How ToDo attaches to each host's U-Net: one small adapter per kind of host, picked from the loaded model.
+"""How ToDo attaches to each host's model: one small adapter per kind of host, picked from the loaded model, each
+returning the same `Attachment`.
 
-- `a1111`: AUTOMATIC1111 WebUI (and anything whose `sd_model.model.diffusion_model` is the torch U-Net that
-  sampling runs): torch module hooks on the U-Net instances (`todo_ext.apply` / `todo_ext.remove`).
+- `a1111`: AUTOMATIC1111 WebUI (and anything whose `sd_model.model.diffusion_model` is the torch model that
+  sampling runs): torch module hooks on the model's instances (`todo_ext.apply` / `todo_ext.remove`).
 - `forge`: WebUI Forge, reForge, Forge Classic and Forge Neo: an attn1 patch on a clone of
   `sd_model.forge_objects.unet`, the hosts' own patch channel, set before every sampling pass.
 
@@ -10,15 +11,25 @@ No host module is imported here: the adapters duck-type the objects the glue han
 
 from __future__ import annotations
 
-from types import ModuleType
+from collections.abc import Callable
 from typing import Any
 
+from ..config import ToDoConfig
+from ..patch import remove
 from . import a1111, forge
+from .base import Attachment
 
 
-def adapter_for(sd_model: Any) -> ModuleType:
-    """The adapter for the model loaded now: Forge's patch channel where the model has one, else the hooks."""
-    return forge if forge.is_forge_model(sd_model) else a1111
+def attach_for(sd_model: Any) -> Callable[[Any, ToDoConfig, set[str]], Attachment]:
+    """The attach of the host that loaded `sd_model`: Forge's patch channel where the model has one, else hooks."""
+    return forge.attach if forge.is_forge_model(sd_model) else a1111.attach
 
 
-__all__ = ["a1111", "adapter_for", "forge"]
+def remove_all(sd_model: Any) -> int:
+    """Remove every ToDo hook from the models `sd_model` exposes, whoever added them (a copy of ToDo loaded before
+    a UI reload included); returns how many."""
+    models = {id(model): model for model in (a1111.model_of(sd_model), forge.model_of(sd_model)) if model is not None}
+    return sum(remove(model) for model in models.values())
+
+
+__all__ = ["Attachment", "a1111", "attach_for", "forge", "remove_all"]
