@@ -7,9 +7,11 @@ formula on what the layer really attends to), and that its record says what happ
 from __future__ import annotations
 
 import types
+from collections import Counter
 
 import pytest
 import torch
+from ldm.modules.diffusionmodules.util import timestep_embedding
 from torch import nn
 from torch.nn import functional as F
 from unet_helpers import transformer_blocks
@@ -215,9 +217,10 @@ def test_tiles_are_downsampled_on_their_own_grid_and_recorded_as_tiles():
     assert not handle.record.aside
 
 
-# Kohya's Deep Shrink (sd-webui-kohya-hiresfix 05af9874, scripts/khrfix.py): a Scaler module wrapped around
-# input_blocks[d - 1] and output_blocks[-d] resizes the hidden state with F.interpolate(scale_factor=...) (floor)
-# before the block runs: down by `scale` on the input side, up by 1 / scale on the output side. The WebUI's
+# Kohya's Deep Shrink (sd-webui-kohya-hiresfix 05af9874, scripts/khrfix.py): at the "Depth" slider's value d (3 by
+# default, 4 in its second stage) a Scaler module wrapped around input_blocks[d - 1] and output_blocks[-d] resizes the
+# hidden state with F.interpolate(scale_factor=...) (floor) before the block runs: down by `scale` on the input side,
+# up by 1 / scale on the output side (the default 0.5 and 2, and smooth scaling's in-between pairs). The WebUI's
 # size-safe skip concatenation absorbs the sides that floor(floor(n * s) / s) no longer matches.
 
 
@@ -231,13 +234,18 @@ class Scaler(nn.Module):
         return self.block(F.interpolate(x, scale_factor=self.scale, mode="bicubic"), *args)
 
 
+def deep_shrink(unet, depth, scale):
+    """KohyaHiresFix.process's denoiser callback at Kohya's "Depth" `depth` (early upsampling off)."""
+    unet.input_blocks[depth - 1] = Scaler(scale, unet.input_blocks[depth - 1])
+    unet.output_blocks[-depth] = Scaler(1 / scale, unet.output_blocks[-depth])
+
+
 @pytest.mark.parametrize(("latent", "scale"), [((112, 144), 0.5), ((27, 37), 0.5), ((30, 34), 0.7)])
 def test_deep_shrink_at_every_size_is_downsampled_on_the_grid_each_layer_gets(latent, scale):
     """896x1152 (112x144 latent) and odd sizes where the output-side upscale gives a grid no single scale of the
     latent produces: ToDo reads each layer's grid and never steps aside."""
     unet = build_unet("sd15", WIDTH)
-    unet.input_blocks[2] = Scaler(scale, unet.input_blocks[2])
-    unet.output_blocks[9] = Scaler(1 / scale, unet.output_blocks[9])
+    deep_shrink(unet, 3, scale)
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
     calls, _ = record_attn1(unet)
     with webui_skip_resize():
@@ -308,11 +316,42 @@ def test_animatediff_motion_modules_leave_the_spatial_self_attention_to_todo():
     assert handle.record.kv_text() == "d0 16x16->8x8 (2x) in 5 calls" and not handle.record.aside
 
 
-def test_a_unet_without_a_middle_block_is_hooked_on_the_blocks_it_has():
-    """reForge builds SD-XS, BK-SDM and KOALA-style U-Nets with `middle_block = None`."""
-    unet = build_unet("sd15", WIDTH)
+def forward_skipping_a_missing_middle_block(self, x, timesteps=None, context=None):
+    """ldm's UNetModel.forward as reForge runs it (ldm_patched/ldm/modules/diffusionmodules/openaimodel.py
+    UNetModel._forward): the middle block only where the model has one."""
+    emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False))
+    h, skips = x, []
+    for module in self.input_blocks:
+        h = module(h, emb, context)
+        skips.append(h)
+    if self.middle_block is not None:
+        h = self.middle_block(h, emb, context)
+    for module in self.output_blocks:
+        h = module(torch.cat([h, skips.pop()], dim=1), emb, context)
+    return self.out(h)
+
+
+@pytest.mark.parametrize("layout", ["sd15", "sdxl"])
+def test_a_unet_without_a_middle_block_is_downsampled_in_the_blocks_it_has(layout):
+    """reForge builds SD-XS, BK-SDM and KOALA-style U-Nets with `middle_block = None` and runs them without it: every
+    self-attention layer the U-Net has is downsampled at its own depth, and the record counts them all."""
+    unet = build_unet(layout, WIDTH)
+    levels_with_middle = todo_ext.attention_levels_by_block(unet)
     unet.middle_block = None
+    unet.forward = types.MethodType(forward_skipping_a_missing_middle_block, unet)
     levels = todo_ext.attention_levels_by_block(unet)
-    assert ("middle", 0) not in levels and set(levels.values()) == {0, 1, 2}
+    assert levels == {name: level for name, level in levels_with_middle.items() if name != ("middle", 0)}
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75, max_depth=3))
-    assert handle.record.calls == 0 and todo_ext.remove(unet) > 0
+    calls, _ = record_attn1(unet)
+    x, t, c = unet_inputs(unet, 1, 16, 24)
+    out = unet(x, t, c)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert [call["block"] for call in calls] == transformer_blocks(unet), "every block the U-Net has ran once"
+    for call in calls:
+        torch.testing.assert_close(
+            call["out"], attention(call["block"].attn1, call["x"], downsample_grid(call["x"], call["grid"])),
+            rtol=1e-4, atol=1e-5)
+    grids_by_depth = sorted({call["grid"] for call in calls}, reverse=True)
+    assert {(depth, grid): count for (depth, grid, _, _), count in handle.record.kv.items()} == dict(
+        Counter((grids_by_depth.index(call["grid"]), call["grid"]) for call in calls))
+    assert handle.record.downsampled == len(calls) and not handle.record.aside
