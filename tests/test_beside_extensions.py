@@ -71,7 +71,8 @@ def record_attn1(unet):
 # hacked_basic_transformer_inner_forward): every BasicTransformerBlock's `_forward` is replaced on the instance; in
 # the write pass the block stores its normed tokens in `bank`, in the read pass attn1 attends to the block's own
 # tokens followed by the bank: self.attn1(x_norm1, context=torch.cat([x_norm1] + self.bank, dim=1)); the
-# style-fidelity branch runs the unconditional rows alone: self.attn1(x_norm1[uc], context=x_norm1[uc]).
+# style-fidelity branch runs the unconditional rows alone: self.attn1(x_norm1[uc], context=x_norm1[uc]). The write
+# pass runs on the reference image's noised latent, so the bank holds other tokens than the read pass's.
 
 
 def reference_forward(self, x, context=None):
@@ -103,6 +104,21 @@ def set_reference_mode(unet, mode):
         block.reference_mode = mode
 
 
+def inject_reference(unet, reference_latent):
+    """ControlNet's forward_webui (hook.py), set on the instance as ControlNet does: within the U-Net's one call,
+    the original forward runs on the reference's latent with the blocks writing their bank (`outer.original_forward(
+    x=ref_xt, ...)`), then on x with the blocks reading it; ToDo's U-Net hook sees only the outer call."""
+    original_forward = unet.forward
+
+    def forward_webui(x, timesteps=None, context=None):
+        set_reference_mode(unet, "write")
+        original_forward(x=reference_latent, timesteps=timesteps, context=context)
+        set_reference_mode(unet, "read")
+        return original_forward(x, timesteps, context)
+
+    unet.forward = forward_webui
+
+
 @pytest.mark.parametrize("style_fidelity", [False, True])
 def test_reference_modes_are_downsampled_set_by_set(style_fidelity):
     """attn1 attends to the block's tokens and the reference's: ToDo downsamples both on their grid, so each call
@@ -110,12 +126,12 @@ def test_reference_modes_are_downsampled_set_by_set(style_fidelity):
     unet = build_unet("sd15", WIDTH)
     hijack_reference(unet, style_fidelity)
     x, t, c = unet_inputs(unet, 2, 16, 24)
+    inject_reference(unet, unet_inputs(unet, 2, 16, 24, seed=2)[0])
     handle = todo_ext.apply(unet, ToDoConfig(ratio=0.75))
-    unet(x, t, c)
-    set_reference_mode(unet, "read")
     calls, _ = record_attn1(unet)
     unet(x, t, c)
-    depth0 = [call for call in calls if call["block"] in depth0_blocks(unet)]
+    read = calls[len(transformer_blocks(unet)):]
+    depth0 = [call for call in read if call["block"] in depth0_blocks(unet)]
     assert len(depth0) == 5 * (2 if style_fidelity else 1)
     for call in depth0:
         x_norm1, attn = call["x"], call["block"].attn1
@@ -355,3 +371,4 @@ def test_a_unet_without_a_middle_block_is_downsampled_in_the_blocks_it_has(layou
     assert {(depth, grid): count for (depth, grid, _, _), count in handle.record.kv.items()} == dict(
         Counter((grids_by_depth.index(call["grid"]), call["grid"]) for call in calls))
     assert handle.record.downsampled == len(calls) and not handle.record.aside
+
