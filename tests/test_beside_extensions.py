@@ -371,7 +371,7 @@ def test_a_unet_without_a_middle_block_is_downsampled_in_the_blocks_it_has(layou
             call["out"], attention(call["block"].attn1, call["x"], downsample_grid(call["x"], call["grid"])),
             rtol=1e-4, atol=1e-5)
     grids_by_depth = sorted({call["grid"] for call in calls}, reverse=True)
-    assert {(depth, grid): count for (depth, grid, _, _), count in handle.record.kv.items()} == dict(
+    assert {(depth, grid): count for (depth, grid, _, _, _), count in handle.record.kv.items()} == dict(
         Counter((grids_by_depth.index(call["grid"]), call["grid"]) for call in calls))
     assert handle.record.downsampled == len(calls) and not handle.record.aside
 
@@ -414,8 +414,9 @@ def assert_todo_formula(call, depth, token_sets):
 
 
 def received(calls, depths):
-    """What the layers really got, counted as ToDo's record counts it: (depth, grid, K/V grid, factor) per call."""
-    return Counter((depth, call["grid"], ceil_grid(call["grid"], SDXL_STRIDES[depth]), float(SDXL_STRIDES[depth]))
+    """What the layers really got, counted as ToDo's record counts it: (depth, grid, K/V grid, factor, no other
+    tokens kept) per call."""
+    return Counter((depth, call["grid"], ceil_grid(call["grid"], SDXL_STRIDES[depth]), float(SDXL_STRIDES[depth]), ())
                    for call in calls for depth in [depths[call["block"]]])
 
 

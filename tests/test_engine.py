@@ -339,7 +339,7 @@ def test_works_under_the_plain_einsum_attention_too():
 
 
 def test_unsupported_modules_are_rejected_clearly():
-    with pytest.raises(todo_ext.UnsupportedModelError, match="not an ldm/sgm UNetModel"):
+    with pytest.raises(todo_ext.UnsupportedModelError, match="neither an ldm/sgm U-Net nor a diffusion transformer"):
         todo_ext.apply(nn.Linear(4, 4), ToDoConfig())
     with pytest.raises(TypeError, match="ToDoConfig"):
         todo_ext.apply(build_unet("sd15", WIDTH), {"ratio": 0.5})

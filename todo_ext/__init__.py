@@ -1,15 +1,15 @@
-"""ToDo: token downsampling of self-attention keys and values for Stable Diffusion U-Nets (pure torch)."""
+"""ToDo: token downsampling of attention keys and values for Stable Diffusion U-Nets and diffusion transformers
+(pure torch)."""
 
+from .attach import apply, remove
 from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
 from .patch import (
     ToDoHandle,
     UnsupportedModelError,
-    apply,
     attention_levels,
     attention_levels_by_block,
     plan_kv_tokens,
-    remove,
 )
 from .record import PassRecord
 

@@ -34,7 +34,8 @@ TRAIN_TIMESTEPS = 1000
 
 
 class UnsupportedModelError(ValueError):
-    """The module is not an ldm/sgm UNetModel with self-attention (SD3's MMDiT, a TensorRT U-Net, ...)."""
+    """ToDo cannot act on the model: neither an ldm/sgm U-Net with self-attention nor a diffusion transformer it
+    knows (a Nunchaku model attends inside its own kernels)."""
 
 
 def _is_a(module: nn.Module, class_name: str) -> bool:
@@ -436,32 +437,35 @@ class ToDoHandle:
         self._parts = []
 
 
-def apply(unet: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None) -> ToDoHandle:
-    """Hook ToDo into `unet` (replacing earlier ToDo settings) and return the handle that undoes it.
+def is_unet(model: nn.Module) -> bool:
+    return all(hasattr(model, name) for name in ("input_blocks", "middle_block", "output_blocks"))
 
-    Each kind of warning is logged once per `warned` set: pass one set to every `apply` of a generation (first
-    pass, hires pass, each batch) to warn once per generation; by default once per `apply`. The step window is read
-    from the U-Net's timestep at each call unless the caller decides it per step (`handle.begin_step`).
-    """
-    if not isinstance(config, ToDoConfig):
-        raise TypeError(f"ToDo: config must be a ToDoConfig, not {type(config).__name__}")
+
+def apply_unet(unet: nn.Module, config: ToDoConfig, warned: set[str]) -> ToDoHandle:
+    """Hook ToDo into an ldm/sgm U-Net (replacing earlier ToDo settings); the step window is read from the U-Net's
+    timestep at each call unless the caller decides it per step (`handle.begin_step`)."""
     sites = self_attention_sites(unet)
     levels = tuple(sorted({site.level for site in sites}))
-    remove(unet)
-    state = PassState(config, levels, set() if warned is None else warned)
+    remove_hooks(unet)
+    state = PassState(config, levels, warned)
     hooks = hook_unet(unet, state, touched_sites(sites, levels, config), timestep_window(config), attn1=True)
     return ToDoHandle(unet, config, state, hooks)
 
 
-def remove(unet: nn.Module) -> int:
-    """Remove every ToDo hook from `unet` and its submodules, whoever applied them; returns how many."""
+def remove_hooks(model: nn.Module) -> int:
+    """Remove every ToDo hook (pre and post) from `model` and its submodules, whoever added them (a copy of ToDo
+    loaded before a UI reload included); returns how many."""
     removed = 0
-    for module in unet.modules():
-        for hook_id, hook in list(module._forward_pre_hooks.items()):
-            if getattr(hook, "is_todo_hook", False):
-                del module._forward_pre_hooks[hook_id]
-                module._forward_pre_hooks_with_kwargs.pop(hook_id, None)
-                removed += 1
+    for module in model.modules():
+        for hooks, extras in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
+                              (module._forward_hooks, (module._forward_hooks_with_kwargs,
+                                                       module._forward_hooks_always_called))):
+            for hook_id, hook in list(hooks.items()):
+                if getattr(hook, "is_todo_hook", False):
+                    del hooks[hook_id]
+                    for extra in extras:
+                        extra.pop(hook_id, None)
+                    removed += 1
     return removed
 
 

@@ -24,8 +24,8 @@ ASIDE_CAUSES = {
 _GRIDS_SHOWN_PER_DEPTH = 4
 
 
-def _grid_text(grid: tuple[int, int]) -> str:
-    return f"{grid[0]}x{grid[1]}"
+def _grid_text(grid: tuple[int, ...]) -> str:
+    return "x".join(str(side) for side in grid)
 
 
 @dataclass
@@ -38,8 +38,11 @@ class PassRecord:
     kv: Counter = field(default_factory=Counter)
     aside: Counter = field(default_factory=Counter)
 
-    def acted(self, depth: int, grid: tuple[int, int], kv_grid: tuple[int, int], factor: float) -> None:
-        self.kv[(depth, grid, kv_grid, factor)] += 1
+    def acted(self, depth: int | None, grid: tuple[int, ...], kv_grid: tuple[int, ...], factor: float,
+              kept: tuple[tuple[str, int], ...] = ()) -> None:
+        """One call acted on: a U-Net layer at `depth`, or a DiT's joint attention (depth None) whose image grid
+        was downsampled while the `kept` tokens (text, references, padding) stayed."""
+        self.kv[(depth, grid, kv_grid, factor, kept)] += 1
 
     def stepped_aside(self, cause: str) -> None:
         if cause not in ASIDE_CAUSES:
@@ -48,7 +51,7 @@ class PassRecord:
 
     @property
     def downsampled(self) -> int:
-        return sum(count for (_, _, _, factor), count in self.kv.items() if factor != 1.0)
+        return sum(count for (_, _, _, factor, _), count in self.kv.items() if factor != 1.0)
 
     @classmethod
     def merged(cls, records: Iterable[PassRecord]) -> PassRecord:
@@ -62,21 +65,25 @@ class PassRecord:
 
     def kv_text(self) -> str | None:
         """Per depth, every grid received and what became of it, e.g. "d0 64x64->32x32 (2x) in 40 calls";
-        "d0 32x32 kept in 40 calls" where the factor was 1 (Auto on a small grid); then the calls outside the step
-        window, if any ("none (...)" where that was every call). Parts are joined with "; " and hold no comma or
-        colon, so the infotext keeps the value unquoted. None if nothing was recorded."""
+        "d0 32x32 kept in 40 calls" where the factor was 1 (Auto on a small grid); a DiT's joint attention as
+        "img 64x64->32x32 (2x) + 512 text kept in 57 calls"; then the calls outside the step window, if any
+        ("none (...)" where that was every call). Parts are joined with "; " and hold no comma or colon, so the
+        infotext keeps the value unquoted. None if nothing was recorded."""
         parts = []
-        for depth in sorted({key[0] for key in self.kv}):
+        for depth in sorted({key[0] for key in self.kv}, key=lambda depth: (depth is None, depth or 0)):
+            label = "img" if depth is None else f"d{depth}"
             entries = sorted(((key, count) for key, count in self.kv.items() if key[0] == depth),
-                             key=lambda item: (-item[1], item[0]))
-            for (_, grid, kv_grid, factor), count in entries[:_GRIDS_SHOWN_PER_DEPTH]:
+                             key=lambda item: (-item[1], str(item[0])))
+            for (_, grid, kv_grid, factor, kept), count in entries[:_GRIDS_SHOWN_PER_DEPTH]:
                 calls = f"in {count} call{'s' if count != 1 else ''}"
+                others = "".join(f" + {tokens} {name}" for name, tokens in kept)
                 if factor == 1.0:
-                    parts.append(f"d{depth} {_grid_text(grid)} kept {calls}")
+                    parts.append(f"{label} {_grid_text(grid)}{others} kept {calls}")
                 else:
-                    parts.append(f"d{depth} {_grid_text(grid)}->{_grid_text(kv_grid)} ({factor:g}x) {calls}")
+                    parts.append(f"{label} {_grid_text(grid)}->{_grid_text(kv_grid)} ({factor:g}x)"
+                                 f"{others}{' kept' if kept else ''} {calls}")
             if len(entries) > _GRIDS_SHOWN_PER_DEPTH:
-                parts.append(f"d{depth} +{len(entries) - _GRIDS_SHOWN_PER_DEPTH} more grids")
+                parts.append(f"{label} +{len(entries) - _GRIDS_SHOWN_PER_DEPTH} more grids")
         if self.outside_window:
             outside = f"{self.outside_window} call{'s' if self.outside_window != 1 else ''} outside the step window"
             parts.append(outside if parts else f"none ({outside})")

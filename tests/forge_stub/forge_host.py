@@ -421,52 +421,6 @@ def process_images(p, sample, *, token_merging_ratio=0.0):
     return processed
 
 
-class _DiffusionTransformer(nn.Module):
-    """A diffusion transformer as Forge Neo builds them: blocks of joint attention over image and text tokens, no
-    input_blocks/middle_block/output_blocks, and no attn1_patch call anywhere (ToDo must step aside)."""
-
-    blocks_attribute = "blocks"
-
-    def __init__(self):
-        super().__init__()
-        setattr(self, self.blocks_attribute, nn.ModuleList([nn.Linear(4, 4)]))
-
-    def forward(self, x, timesteps, context, **kwargs):
-        return x * 2
-
-
-class IntegratedFluxTransformer2DModel(_DiffusionTransformer):
-    """Mirrors Neo backend/nn/flux.py IntegratedFluxTransformer2DModel (Flux; double_blocks/single_blocks)."""
-
-    blocks_attribute = "double_blocks"
-
-
-class IntegratedChromaTransformer2DModel(_DiffusionTransformer):
-    """Mirrors Neo backend/nn/chroma.py IntegratedChromaTransformer2DModel (Chroma)."""
-
-    blocks_attribute = "double_blocks"
-
-
-class NextDiT(_DiffusionTransformer):
-    """Mirrors Neo backend/nn/lumina.py NextDiT (Lumina 2 and Z-Image; noise_refiner/context_refiner/layers)."""
-
-    blocks_attribute = "layers"
-
-
-class QwenImageTransformer2DModel(_DiffusionTransformer):
-    """Mirrors Neo backend/nn/qwen.py QwenImageTransformer2DModel (Qwen-Image; transformer_blocks)."""
-
-    blocks_attribute = "transformer_blocks"
-
-
-class WanModel(_DiffusionTransformer):
-    """Mirrors Neo backend/nn/wan.py WanModel (Wan; blocks)."""
-
-
-NEO_DIFFUSION_TRANSFORMERS = (IntegratedFluxTransformer2DModel, IntegratedChromaTransformer2DModel, NextDiT,
-                              QwenImageTransformer2DModel, WanModel)
-
-
 class BarePatcher(UnetPatcher):
     """A patcher whose clone() keeps no model_options, as Neo's NunchakuPatcher.clone (backend/patcher/unet.py)
     does and a rewritten backend may: ToDo must not rely on clone() carrying the other patches over."""

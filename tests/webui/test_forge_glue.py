@@ -149,17 +149,6 @@ def test_hypertile_before_todo_makes_it_step_aside_with_a_note(job, capsys):
     assert capsys.readouterr().out.count("warning:") == 1
 
 
-@pytest.mark.parametrize("transformer", forge_host.NEO_DIFFUSION_TRANSFORMERS, ids=lambda cls: cls.__name__)
-def test_neo_diffusion_transformers_make_todo_step_aside_once_and_generate(job, capsys, transformer):
-    """Forge Neo's Flux, Chroma, Lumina / Z-Image, Qwen-Image and Wan models run no attn1 patches."""
-    _, processed = job.run(ToDoArgs(enabled=True), model=forge_host.ForgeDiffusionEngine(transformer()),
-                           enable_hr=True)
-    assert len(processed.images) == 1 and not job.runner.reported
-    assert capsys.readouterr().out.count("not supported") == 1
-    assert f"{INFOTEXT_NOTE_KEY}: model not supported ({transformer.__name__}" in processed.infotexts[0]
-    assert "ToDo K/V" not in processed.infotexts[0]
-
-
 def test_a_backend_that_never_runs_attn1_patches_is_noticed(job, capsys):
     """A rewritten backend whose attention goes another way (wrap_attn / optimized_attention_override) would
     leave ToDo's patch uncalled: the pass says so instead of claiming ToDo acted."""

@@ -2,9 +2,10 @@
 returning the same `Attachment`.
 
 - `a1111`: AUTOMATIC1111 WebUI (and anything whose `sd_model.model.diffusion_model` is the torch model that
-  sampling runs): torch module hooks on the model's instances (`todo_ext.apply` / `todo_ext.remove`).
-- `forge`: WebUI Forge, reForge, Forge Classic and Forge Neo: an attn1 patch on a clone of
-  `sd_model.forge_objects.unet`, the hosts' own patch channel, set before every sampling pass.
+  sampling runs): `todo_ext.apply` / `todo_ext.remove` on that model.
+- `forge`: WebUI Forge, reForge, Forge Classic and Forge Neo: on a U-Net an attn1 patch on a clone of
+  `sd_model.forge_objects.unet`, the hosts' own patch channel, set before every sampling pass; on a diffusion
+  transformer, which no patch channel reaches, `todo_ext.apply` on the patcher's model.
 
 No host module is imported here: the adapters duck-type the objects the glue hands them.
 """
@@ -14,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..attach import remove
 from ..config import ToDoConfig
-from ..patch import remove
 from . import a1111, forge
 from .base import Attachment
 

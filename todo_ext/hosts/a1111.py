@@ -1,4 +1,5 @@
-"""AUTOMATIC1111 WebUI: torch module hooks on the instances of `sd_model.model.diffusion_model`."""
+"""AUTOMATIC1111 WebUI: ToDo on `sd_model.model.diffusion_model`: hooks on the U-Net's instances, or SD3's
+attention function swapped for the job (`todo_ext.apply`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 from torch import nn
 
+from ..attach import apply
 from ..config import ToDoConfig
-from ..patch import UnsupportedModelError, apply, progress_of_timestep
+from ..patch import UnsupportedModelError, progress_of_timestep
 from .base import Attachment
 
 
@@ -27,7 +29,8 @@ def attach(sd_model: Any, config: ToDoConfig, warned: set[str]) -> Attachment:
 
 def _in_window(config: ToDoConfig):
     """The step window from the sampler's values: the k-diffusion samplers hand the denoiser a sigma, which its
-    inner model turns into the U-Net's timestep (`sigma_to_t`); DDIM, PLMS and UniPC hand it the timestep itself
+    inner model turns into the index of the model's 1000-step schedule (`sigma_to_t`: the ldm timestep, and on SD3
+    the SD3Denoiser's discrete flow schedule); DDIM, PLMS and UniPC hand it the timestep itself
     (modules/sd_samplers_timesteps.py)."""
 
     def in_window(sigma: Any, denoiser: Any) -> bool:

@@ -25,15 +25,17 @@ import torch
 from torch import nn
 
 from ..config import ToDoConfig
+from ..dit import apply_dit
 from ..patch import (
     AttentionSite,
     PassState,
     ToDoHandle,
     UnsupportedModelError,
     hook_unet,
+    is_unet,
     kv_context,
     progress_of_timestep,
-    remove,
+    remove_hooks,
     self_attention_sites,
     touched_sites,
 )
@@ -124,18 +126,22 @@ def _make_patch(state: PassState, sites: list[AttentionSite]) -> Callable:
 
 
 def attach(sd_model: Any, config: ToDoConfig, warned: set[str]) -> Attachment:
-    """Patch a clone of `sd_model.forge_objects.unet`, put it in place (replacing a ToDo patch already on it: Forge
-    calls `process_before_every_sampling` twice in the hires pass) and hook the U-Net's instances that feed the
-    patch. Raises UnsupportedModelError where ToDo cannot act on the model."""
+    """On a U-Net: patch a clone of `sd_model.forge_objects.unet`, put it in place (replacing a ToDo patch already
+    on it: Forge calls `process_before_every_sampling` twice in the hires pass) and hook the U-Net's instances that
+    feed the patch. On a diffusion transformer: `todo_ext.apply` on the patcher's model, its step window from the
+    same schedule. Raises UnsupportedModelError where ToDo cannot act on the model."""
     patcher = unet_patcher_of(sd_model)
     model = model_of(sd_model)
     if model is None:
         raise UnsupportedModelError(f"ToDo: {type(sd_model).__name__} has no torch diffusion model")
+    in_window = _sigma_window(config, _noise_schedule(patcher))
+    if not is_unet(model):
+        handle = apply_dit(model, config, warned, _window_of_call(in_window))
+        return Attachment(handle, lambda sigma, _denoiser: in_window(sigma), lambda now: model_of(now) is model)
     sites = self_attention_sites(model)
     levels = tuple(sorted({site.level for site in sites}))
     touched = touched_sites(sites, levels, config)
-    in_window = _sigma_window(config, _noise_schedule(patcher))
-    remove(model)
+    remove_hooks(model)
     state = PassState(config, levels, warned)
     patch = _make_patch(state, touched)
     hooks = hook_unet(model, state, touched, _window_of_call(in_window), attn1=False)
