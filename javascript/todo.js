@@ -67,7 +67,10 @@
     }
 
     function gridAt(width, height, level) {
-        return [Math.ceil(Math.ceil(height / 8) / Math.pow(2, level)), Math.ceil(Math.ceil(width / 8) / Math.pow(2, level))];
+        // The WebUI makes the latent at pixels // 8 (processing.py's opt_f; the VAE encoder floors as well), and each
+        // ldm downsample halves a side rounding up.
+        const scale = Math.pow(2, level);
+        return [Math.ceil(Math.floor(height / 8) / scale), Math.ceil(Math.floor(width / 8) / scale)];
     }
 
     function describeDepth(grid, level, factor) {

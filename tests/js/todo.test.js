@@ -1,7 +1,7 @@
 "use strict";
 // javascript/todo.js on a fake WebUI page (webui_page.js): the K/V line and the factor label, paste and "Send to",
 // and the guards for pages it was not written for. Expected lines are worked out by hand in the comments (latent =
-// pixels / 8, each attention level halves a side rounding up, K/V side = ceil(side / factor));
+// pixels // 8, each attention level halves a side rounding up, K/V side = ceil(side / factor));
 // tests/test_js_preview.py compares a wider table with the Python engine.
 
 const assert = require("node:assert/strict");
@@ -122,6 +122,10 @@ describe("K/V line", () => {
             "Hires pass 1024×1536: SD1/SD2 24576 → 6144 (2x, latent/1) · SDXL 6144 → 1536 (2x, latent/2)";
         assert.equal(hiresPass(512, 768, {resize_x: 1024, resize_y: 0}, {}), resized);
         assert.equal(hiresPass(512, 768, {resize_x: 0, resize_y: 1536}, {}), resized);
+        // A size that is no multiple of 8: 512x768 times 1.33 is 680.96x1021.44, truncated to 680x1021; the latent
+        // is 1021 // 8 = 127 by 680 // 8 = 85 (not 128 by 85), then 64 by 43.
+        assert.equal(hiresPass(512, 768, {scale: 1.33}, {}),
+            "Hires pass 680×1021: SD1/SD2 10795 → 2752 (2x, latent/1) · SDXL 2752 → 704 (2x, latent/2)");
         // Both sides set: the target itself.
         assert.match(hiresPass(512, 512, {resize_x: 1920, resize_y: 1080}, {}),
             /^Hires pass 1920×1080: SD1\/SD2 32400 → 8160 \(2x, latent\/1\)/);
@@ -161,6 +165,10 @@ describe("K/V line", () => {
             hires: undefined,
         });
         assert.deepEqual(resizeBy(null), {first: "First pass: no image selected", hires: undefined});
+        // No multiple of 8: 911x512 times 1.5 is 1366.5x768, truncated to 1366x768, a 170x96 latent (not 171x96).
+        assert.equal(passes(loadedPage({tab: "img2img", width: 512, height: 512,
+            resize_by: {scale: 1.5, image: [911, 512]}, todo: {enabled: true}}), "img2img").first,
+            "First pass 1366×768: SD1/SD2 16320 → 4080 (2x, latent/1) · SDXL 4080 → 1032 (2x, latent/2)");
         // The "Resize to" tab: the width and height sliders.
         assert.match(firstPass(768, 512, {}, "img2img"), /^First pass 768×512: SD1\/SD2 6144 → 1536/);
     });
