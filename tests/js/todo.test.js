@@ -181,6 +181,10 @@ describe("K/V line", () => {
         assert.equal(label(0.9375), "0.9375 = 4x per side (6.25% of K/V kept)");
         assert.equal(label(0.5), "0.5 = 1.41x per side (50% of K/V kept)");
         assert.equal(label(0), "0 = off");
+        // Exactly halfway at the third digit rounds to the even digit, as Python's ".3g" in args.factor_label does.
+        assert.equal(label(0.6875), "0.6875 = 1.79x per side (31.2% of K/V kept)");
+        assert.equal(label(0.0075), "0.0075 = 1x per side (99.2% of K/V kept)");
+        assert.equal(label(0.0025), "0.0025 = 1x per side (99.8% of K/V kept)");
     });
 });
 
