@@ -67,7 +67,10 @@
     }
 
     function gridAt(width, height, level) {
-        return [Math.ceil(Math.ceil(height / 8) / Math.pow(2, level)), Math.ceil(Math.ceil(width / 8) / Math.pow(2, level))];
+        // The WebUI makes the latent at pixels // 8 (processing.py's opt_f; the VAE encoder floors as well), and each
+        // ldm downsample halves a side rounding up.
+        const scale = Math.pow(2, level);
+        return [Math.ceil(Math.floor(height / 8) / scale), Math.ceil(Math.floor(width / 8) / scale)];
     }
 
     function describeDepth(grid, level, factor) {
@@ -122,12 +125,21 @@
         };
     }
 
+    function threeDigits(value) {
+        // Python's format(value, ".3g"), which args.factor_label uses for the label the server renders first.
+        // toPrecision rounds as Python does except a value exactly halfway between two roundings: it rounds that up,
+        // Python to the even digit (99.25% kept at Ratio 0.0075: 99.3 by toPrecision, 99.2 in Python).
+        const [mantissa, exponent] = value.toExponential(99).split("e"); // every digit of the label's doubles
+        const halfwayAfterEvenDigit = /^\d\.\d[02468]50*$/.test(mantissa);
+        return halfwayAfterEvenDigit ? Number(mantissa.slice(0, 4) + "e" + exponent) : Number(value.toPrecision(3));
+    }
+
     function factorText(ratio) {
         if (ratio <= 0) {
             return "0 = off";
         }
-        return ratio + " = " + +ratioToFactor(ratio).toPrecision(3) + "x per side (" +
-            +((1 - ratio) * 100).toPrecision(3) + "% of K/V kept)";
+        return ratio + " = " + threeDigits(ratioToFactor(ratio)) + "x per side (" +
+            threeDigits((1 - ratio) * 100) + "% of K/V kept)";
     }
 
     function setText(node, text) {
