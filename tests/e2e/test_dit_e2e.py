@@ -1,0 +1,129 @@
+"""ToDo on the diffusion transformers of a live host (Forge Neo with the random-weight Chroma, Flux.1-dev and
+Z-Image checkpoints of ../shared/live-host/setup-neo-dit.sh; Forge's Flux; A1111's SD3).
+
+Set WEBUI_URL as for test_webui_e2e.py. The DiT checkpoints are the host's models whose names contain chroma, flux,
+zimage, qwen, wan or sd3, or those WEBUI_DIT_MODELS names (comma-separated); each request selects its model with
+`override_settings`. Skipped without a host or without a DiT checkpoint.
+"""
+
+import json
+import os
+import re
+
+import pytest
+from test_webui_e2e import WEBUI_URL, call, kv_line, pixels
+
+from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_HIRES_KV_KEY, INFOTEXT_NOTE_KEY
+
+pytestmark = pytest.mark.skipif(not WEBUI_URL, reason="WEBUI_URL is not set (no live WebUI to test against)")
+
+DIT_NAMES = re.compile(r"chroma|flux|z-?image|qwen|wan|sd3", re.IGNORECASE)
+SIZE = 256
+BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 2, "width": SIZE, "height": SIZE,
+        "seed": 1234, "sampler_name": "Euler", "scheduler": "simple", "cfg_scale": 1, "batch_size": 1}
+EVERY_BLOCK = {"enabled": True, "ratio": 0.75, "max_depth": 3}
+"""The live checkpoints have one or two blocks of each kind: Max depth 3 reaches every attention block."""
+IMAGE_PART = re.compile(r"img (?P<grid>\d+x\d+)->(?P<kv>\d+x\d+) \((?P<factor>[\d.]+)x\)(?P<kept>(?: \+ \d+ \w+)*)"
+                        r"(?: kept)? in (?P<calls>\d+) calls?")
+
+
+def dit_models():
+    if not WEBUI_URL:
+        return []
+    named = [name for name in os.environ.get("WEBUI_DIT_MODELS", "").split(",") if name]
+    if named:
+        return named
+    status, models = call("/sdapi/v1/sd-models")
+    return [model["model_name"] for model in models if DIT_NAMES.search(model["model_name"])] if status == 200 else []
+
+
+MODELS = dit_models()
+needs_dit = pytest.mark.skipif(not MODELS, reason="the host lists no DiT checkpoint")
+
+
+def generate(model, todo_args=None, **overrides):
+    payload = {**BASE, **overrides, "override_settings": {"sd_model_checkpoint": model}}
+    if todo_args is not None:
+        payload["alwayson_scripts"] = {"ToDo": {"args": todo_args}}
+    status, body = call("/sdapi/v1/txt2img", payload, timeout=1800)
+    assert status == 200, body
+    image = pixels(body["images"][0])
+    assert len(set(image[1::97])) > 2, f"{model} gave a uniform image: the comparison would prove nothing"
+    return image, json.loads(body["info"])["infotexts"][0]
+
+
+def image_parts(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
+    """The `img ...` parts of a K/V line: (grid, K/V grid, factor, kept tokens) -> calls. Every part must parse."""
+    line = kv_line(infotext, key)
+    assert line, f"no {key} in {infotext!r}"
+    parts = {}
+    for part in line.split("; "):
+        match = IMAGE_PART.fullmatch(part)
+        assert match, f"unreadable part {part!r} of {line!r}"
+        kept = tuple(re.findall(r"\+ (\d+) (\w+)", match["kept"]))
+        parts[(match["grid"], match["kv"], float(match["factor"]), kept)] = int(match["calls"])
+    return parts
+
+
+def token_grid(pixels_per_side):
+    """The image-token grid side of the DiTs ToDo knows: an 8x VAE, then patches of 2 (the model pads)."""
+    return -(-(pixels_per_side // 8) // 2)
+
+
+@needs_dit
+@pytest.mark.parametrize("model", MODELS)
+def test_todo_acts_on_the_image_tokens_and_off_stays_identical(model):
+    before, plain_infotext = generate(model)
+    on, infotext = generate(model, [EVERY_BLOCK])
+    after, _ = generate(model)
+    assert "ToDo" not in plain_infotext
+    side = token_grid(SIZE)
+    parts = image_parts(infotext)
+    assert {(grid, kv, factor) for grid, kv, factor, _ in parts} == {(f"{side}x{side}", f"{side // 2}x{side // 2}",
+                                                                     2.0)}, infotext
+    assert INFOTEXT_NOTE_KEY not in infotext
+    assert on != before, "same seed, different pixels with ToDo on"
+    assert before == after, "ToDo off is bit-identical before and after a ToDo job"
+
+
+@needs_dit
+@pytest.mark.parametrize("model", [m for m in MODELS if re.search("chroma|flux", m, re.IGNORECASE)])
+def test_flux_family_keeps_the_prompts_tokens(model):
+    _, infotext = generate(model, [EVERY_BLOCK])
+    kept = {kept for _, _, _, kept in image_parts(infotext)}
+    assert len(kept) == 1 and next(iter(kept))[0][1] == "text" and int(next(iter(kept))[0][0]) > 0, infotext
+
+
+@needs_dit
+def test_hires_fix_with_its_own_ratio_on_a_dit():
+    model = MODELS[0]
+    _, infotext = generate(model, [{**EVERY_BLOCK, "hires_mode": "own", "hires_ratio": 0.9375}], enable_hr=True,
+                           hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=1, denoising_strength=0.6,
+                           hr_additional_modules=["Use same choices"], hr_cfg=1, hr_cfg_scale=1)
+    side = token_grid(2 * SIZE)
+    hires = image_parts(infotext, INFOTEXT_HIRES_KV_KEY)
+    assert {(grid, kv, factor) for grid, kv, factor, _ in hires} == {(f"{side}x{side}", f"{side // 4}x{side // 4}",
+                                                                      4.0)}, infotext
+
+
+@needs_dit
+def test_invalid_args_are_rejected_on_a_dit_too():
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": MODELS[0]},
+                                              "alwayson_scripts": {"ToDo": {"args": [True, 2.0]}}})
+    assert status == 422 and body["field"] == "ratio"
+
+
+@needs_dit
+def test_a_unet_checkpoint_is_unchanged_by_dit_jobs():
+    """An SD1.5 image without ToDo is the same before and after ToDo ran on a DiT (nothing of ToDo stays on the
+    attention functions), and ToDo still acts on the U-Net."""
+    status, models = call("/sdapi/v1/sd-models")
+    unets = [m["model_name"] for m in models if not DIT_NAMES.search(m["model_name"])] if status == 200 else []
+    if not unets:
+        pytest.skip("the host lists no U-Net checkpoint")
+    before, _ = generate(unets[0], cfg_scale=5)
+    generate(MODELS[0], [EVERY_BLOCK])
+    after, _ = generate(unets[0], cfg_scale=5)
+    _, infotext = generate(unets[0], [{"enabled": True}], cfg_scale=5)
+    assert before == after
+    assert re.search(r"ToDo K/V: d0 32x32->16x16 \(2x\)", infotext), infotext
