@@ -135,17 +135,20 @@ class ToDoArgs:
 
     enabled: bool = _arg(
         False, "bool", "Enable ToDo", INFOTEXT_ENABLED_KEY,
-        "Downsample the keys and values of the U-Net's self-attention: faster, especially at high resolutions.",
+        "Downsample the keys and values of self-attention (U-Nets) or of the image tokens in joint attention "
+        "(Flux, Chroma, Z-Image, Qwen-Image, Wan, SD3): faster, especially at high resolutions.",
     )
     ratio: float = _arg(
         0.75, "float", "Ratio", "ToDo ratio",
         "Fraction of K/V tokens removed at depth 0: 0.75 = 2x per side (1024px), 0.89 = 3x (1536px), "
-        "0.9375 = 4x (2048px).",
+        "0.9375 = 4x (2048px). On a DiT: of the image's keys and values; text tokens are kept.",
         minimum=0.0, maximum=MAX_RATIO, step=0.0025, setting=True,
     )
     max_depth: int = _arg(
         0, "int", "Max depth", "ToDo max depth",
-        "Deepest attention level downsampled; 0 = only the highest-resolution level (the paper's setting).",
+        "U-Net: deepest attention level downsampled; 0 = only the highest-resolution level (the paper's setting). "
+        "DiT: how much of the block stack, from the middle out; 0 = the middle half of the blocks, 1 = three "
+        "quarters, 2 = all but the first and last block, 3 = every block.",
         minimum=0, maximum=MAX_DEPTH, step=1, setting=True,
     )
     auto: bool = _arg(
@@ -156,7 +159,8 @@ class ToDoArgs:
     )
     auto_target_tokens: int = _arg(
         DEFAULT_AUTO_TARGET_TOKENS, "int", "Auto target tokens", "ToDo auto target",
-        "K/V tokens that Auto keeps at depth 0; 4096 = a 512x512 SD1.5 image's full count.",
+        "K/V tokens that Auto keeps at depth 0 (on a DiT: image tokens per frame); 4096 = a 512x512 SD1.5 "
+        "image's full count, a 1024x1024 Flux image's.",
         minimum=MIN_AUTO_TARGET_TOKENS, maximum=MAX_AUTO_TARGET_TOKENS, slider_maximum=16384, step=64,
         setting=True,
     )
@@ -194,8 +198,9 @@ class ToDoArgs:
     )
     deeper_ratio: float = _arg(
         SAME_AS_RATIO, "float", "Deeper ratio", "ToDo deeper ratio",
-        "Ratio at depths 1 to Max depth (the next, coarser attention levels); -1 (any negative value) = the same "
-        "as Ratio. Under Auto it fixes the factor there while Auto sizes depth 0.",
+        "Ratio at depths 1 to Max depth (U-Net: the next, coarser attention levels; DiT: the blocks outside the "
+        "middle half); -1 (any negative value) = the same as Ratio. Under Auto it fixes the factor there while "
+        "Auto sizes depth 0.",
         minimum=SAME_AS_RATIO, maximum=MAX_RATIO, step=0.0025, setting=True, negative_means="same as ratio",
     )
 
