@@ -314,6 +314,19 @@ def install_api_validation(_demo, app):
     api_validation.install(app, current_defaults, parse_generation_parameters)
 
 
+LAYOUT_ROUTE = "/todo/v1/layout"
+"""The loaded model's layout for the live K/V preview (javascript/todo.js)."""
+
+
+@_optional("K/V preview of the loaded model's layout not served")
+def serve_model_layout(_demo, app):
+    """GET LAYOUT_ROUTE: the model loaded now (read without loading one, as sd_models.model_data holds it)."""
+    from modules import sd_models
+
+    if not any(getattr(route, "path", None) == LAYOUT_ROUTE for route in app.routes):
+        app.add_api_route(LAYOUT_ROUTE, lambda: hosts.layout_of(sd_models.model_data.sd_model), methods=["GET"])
+
+
 def on_script_unloaded():
     remove_all_hooks()
 
@@ -323,5 +336,6 @@ add_xyz_axes(xyz_grid_may_load_later=True)
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(add_xyz_axes)
 script_callbacks.on_app_started(install_api_validation)
+script_callbacks.on_app_started(serve_model_layout)
 script_callbacks.on_script_unloaded(on_script_unloaded)
 script_callbacks.on_cfg_denoiser(on_denoiser_step)

@@ -1,4 +1,5 @@
-"""No optional integration (Settings, X/Y/Z axes, API validation) can stop ToDo from loading: the script is loaded
+"""No optional integration (Settings, X/Y/Z axes, API validation, the K/V preview's layout route) can stop ToDo from
+loading: the script is loaded
 against host layouts that lack one, says once what is missing, and still generates and writes its infotext.
 
 The X/Y/Z layouts are the stand-ins of the hosts' files, loaded the way modules/scripts.py loads scripts: A1111's
@@ -62,15 +63,29 @@ def xyz_module():
     return next(data.module for data in scripts.scripts_data if data.script_class.__module__ == "xyz_grid.py")
 
 
-def run_every_callback():
+class FakeApp:
+    """What the script's app_started callbacks use of the WebUI's FastAPI app: its routes and how to add one."""
+
+    def __init__(self):
+        self.routes = []
+        self.exception_handlers = {}
+
+    def add_exception_handler(self, *args):
+        pass
+
+    def add_api_route(self, path, endpoint, methods):
+        self.routes.append(types.SimpleNamespace(path=path, endpoint=endpoint, methods=methods))
+
+
+def run_every_callback(app=None):
     """The callbacks the WebUI runs after loading scripts (each one twice, as a UI reload does)."""
     from modules import script_callbacks
 
+    app = app or FakeApp()
     for _ in range(2):
         script_callbacks.ui_settings_callback()
         script_callbacks.before_ui_callback()
-        script_callbacks.app_started_callback(None, types.SimpleNamespace(routes=[], exception_handlers={},
-                                                                          add_exception_handler=lambda *a: None))
+        script_callbacks.app_started_callback(None, app)
 
 
 @pytest.mark.parametrize("xyz_first", [True, False], ids=["xyz-loaded-first", "xyz-loaded-later"])
@@ -174,9 +189,9 @@ def test_api_validation_that_cannot_install_says_so_once(webui_host, unet, capsy
     for _ in range(2):
         script_callbacks.app_started_callback(None, object())
     lines = todo_lines(capsys)
-    assert len(lines) == 1
-    assert lines[0].startswith("[ToDo] API validation of ToDo args not installed (")
-    assert lines[0].endswith("); the rest of ToDo works")
+    assert [line.split(" (")[0] for line in lines] == ["[ToDo] API validation of ToDo args not installed",
+                                                       "[ToDo] K/V preview of the loaded model's layout not served"]
+    assert all(line.endswith("); the rest of ToDo works") for line in lines)
     assert "ToDo: True" in generate(todo_script, unet)
 
 
@@ -196,7 +211,8 @@ def test_nothing_optional_attaches_and_todo_still_works(webui_host, unet, capsys
     lines = todo_lines(capsys)
     assert [line.split(" (")[0] for line in lines] == ["[ToDo] Settings > ToDo not added",
                                                        "[ToDo] X/Y/Z axes not added",
-                                                       "[ToDo] API validation of ToDo args not installed"]
+                                                       "[ToDo] API validation of ToDo args not installed",
+                                                       "[ToDo] K/V preview of the loaded model's layout not served"]
     infotext = generate(todo_script, unet)
     assert "ToDo: True" in infotext and "ToDo K/V: d0 16x16->8x8 (2x)" in infotext
 
@@ -211,3 +227,22 @@ def test_ui_builds_where_input_accordion_is_a_function(webui_host, unet):
     assert controls[0].value is False and controls[0].accordion.kwargs["open"] is False
     assert [control.value for control in controls] == ToDoArgs().to_list()
     assert "ToDo: True" in generate(todo_script, unet)
+
+
+def test_the_layout_route_serves_the_model_loaded_now(webui_host):
+    """The K/V preview asks the server what is loaded: a U-Net's attention levels (SD1.x from latent/1, SDXL from
+    latent/2), or unknown (nothing ToDo knows, or no model yet), read without loading a model."""
+    from modules import shared
+
+    webui_host()
+    app = FakeApp()
+    run_every_callback(app)
+    [route] = [route for route in app.routes if route.path == "/todo/v1/layout"]
+    shared.sd_model = None
+    assert route.endpoint() == {"kind": "unknown"}
+    shared.sd_model = LatentDiffusionShell(build_unet("sd15", width=32))
+    assert route.endpoint() == {"kind": "unet", "levels": [0, 1, 2, 3]}
+    shared.sd_model = LatentDiffusionShell(build_unet("sdxl", width=32))
+    assert route.endpoint() == {"kind": "unet", "levels": [1, 2]}
+    shared.sd_model = LatentDiffusionShell(torch.nn.Linear(4, 4))
+    assert route.endpoint() == {"kind": "unknown"}

@@ -17,6 +17,8 @@ from typing import Any
 
 from ..attach import remove
 from ..config import ToDoConfig
+from ..dit import family_of
+from ..patch import attention_levels, is_unet
 from . import a1111, forge
 from .base import Attachment
 
@@ -33,4 +35,19 @@ def remove_all(sd_model: Any) -> int:
     return sum(remove(model) for model in models.values())
 
 
-__all__ = ["Attachment", "a1111", "attach_for", "forge", "remove_all"]
+def layout_of(sd_model: Any) -> dict[str, Any]:
+    """What the live K/V preview needs to know of the loaded model: a U-Net's attention levels (log2 of the
+    latent's downscale: SD1.x/SD2.x from 0, SDXL from 1), a diffusion transformer's family (its image tokens are
+    2x2 latent patches), or "unknown" (no model loaded yet, or one ToDo cannot act on)."""
+    for model in (forge.model_of(sd_model), a1111.model_of(sd_model)):
+        if model is None:
+            continue
+        if is_unet(model):
+            return {"kind": "unet", "levels": list(attention_levels(model))}
+        family = family_of(model)
+        if family is not None:
+            return {"kind": "dit", "family": family.name}
+    return {"kind": "unknown"}
+
+
+__all__ = ["Attachment", "a1111", "attach_for", "forge", "layout_of", "remove_all"]

@@ -8,3 +8,14 @@ def reload_model_weights(sd_model=None, info=None):
     if info is not None:
         shared.sd_model = info
     return shared.sd_model
+
+
+class SdModelData:
+    """Mirrors sd_models.SdModelData: `sd_model` is the model loaded now, read without loading one."""
+
+    @property
+    def sd_model(self):
+        return shared.sd_model
+
+
+model_data = SdModelData()
