@@ -1,12 +1,14 @@
 "use strict";
 // javascript/todo.js on a fake WebUI page (webui_page.js): the K/V line and the factor label, paste and "Send to",
-// and the guards for pages it was not written for. Expected lines are worked out by hand in the comments (latent =
-// pixels // 8, each attention level halves a side rounding up, K/V side = ceil(side / factor));
-// tests/test_js_preview.py compares a wider table with the Python engine.
+// the guards for pages it was not written for, and the line for the model the server says is loaded (GET
+// todo/v1/layout: one U-Net layout, a DiT's image tokens, or both U-Net layouts without an answer). Expected lines
+// are worked out by hand in the comments (latent = pixels // 8, each attention level halves a side rounding up, a
+// DiT's tokens per side = ceil(latent / 2), K/V side = ceil(side / factor)); tests/test_js_preview.py compares a
+// wider table with the Python engine.
 
 const assert = require("node:assert/strict");
 const {describe, test} = require("node:test");
-const {WebUIPage, loadedPage, todoId} = require("./webui_page.js");
+const {FAILURES, WebUIPage, loadedPage, settledPage, todoId} = require("./webui_page.js");
 
 function passes(page, tab = "txt2img") {
     const [header, first, hires] = page.line(tab).split("\n");
@@ -333,4 +335,261 @@ describe("pages todo.js was not written for", () => {
             assert.deepEqual(page.messages.error, []);
         });
     }
+});
+
+describe("the loaded model's layout (GET todo/v1/layout)", () => {
+    const DIT_HEADER =
+        "Preview of the K/V tokens of attention, without → with ToDo (in the middle half of the blocks):";
+
+    async function shown(layout, state) {
+        const page = await settledPage({tab: "txt2img", width: 1024, height: 1024, layout, ...state,
+            todo: {enabled: true, ...(state && state.todo)}});
+        const [header, first, hires] = page.line(state && state.tab || "txt2img").split("\n");
+        return {header, first, hires, page};
+    }
+
+    test("SD1.x or SD2.x loaded: only the SD1/SD2 layout, with today's arithmetic", async () => {
+        const {header, first, hires, page} = await shown("sd15", {hires: {scale: 2}, todo: {max_depth: 1}});
+        assert.equal(header, "K/V tokens of self-attention at depth 0 (d1 = depth 1), without → with ToDo:");
+        assert.equal(first, "First pass 1024×1024: SD1/SD2 16384 → 4096 (2x, latent/1), d1 4096 → 1024 (2x, latent/2)");
+        assert.equal(hires,
+            "Hires pass 2048×2048: SD1/SD2 65536 → 16384 (2x, latent/1), d1 16384 → 4096 (2x, latent/2)");
+        assert.deepEqual(page.messages, {log: [], warn: [], error: []});
+        // One request, on load, to the route next to the page (as the WebUI's ./internal/progress).
+        assert.deepEqual(page.requests.map(([at, url]) => [at, url]), [[0, "./todo/v1/layout"]]);
+        assert.equal((page.requests[0][2] || {}).method || "GET", "GET");
+    });
+
+    test("SDXL loaded: only the SDXL layout", async () => {
+        const {first} = await shown("sdxl", {todo: {max_depth: 1, deeper_ratio: 0.9375}});
+        assert.equal(first, "First pass 1024×1024: SDXL 4096 → 1024 (2x, latent/2), d1 1024 → 64 (4x, latent/4)");
+        assert.equal((await shown("sdxl", {todo: {enabled: false}})).first, "First pass 1024×1024: no ToDo, SDXL 4096");
+    });
+
+    test("a DiT loaded: its image tokens in patches of 2, K/V ceil(side / factor), the text kept", async () => {
+        // 1024 px: latent 128, 64x64 tokens; 2x keeps 32 per side.
+        const flux = await shown("flux", {hires: {scale: 1.5}});
+        assert.equal(flux.header, DIT_HEADER);
+        assert.equal(flux.first,
+            "First pass 1024×1024: Flux image tokens 4096 (64x64) → 1024 (32x32, 2x) + the prompt's text tokens kept");
+        // 1536 px: latent 192, 96 per side.
+        assert.equal(flux.hires,
+            "Hires pass 1536×1536: Flux image tokens 9216 (96x96) → 2304 (48x48, 2x) + the prompt's text tokens kept");
+        assert.deepEqual(flux.page.messages, {log: [], warn: [], error: []});
+        // 1920x1080: latent 240x135, padded to 120x68 patches (height x width, as the parameters write grids);
+        // 3x keeps ceil(68 / 3) = 23 by 40.
+        assert.equal((await shown("qwen", {width: 1920, height: 1080, todo: {ratio: 0.89}})).first,
+            "First pass 1920×1080: Qwen-Image image tokens 8160 (68x120) → 920 (23x40, 3x) + the prompt's text " +
+            "tokens kept");
+        // 1000 px: latent 125, padded to 63 patches.
+        assert.equal((await shown("lumina", {width: 1000, height: 1000})).first,
+            "First pass 1000×1000: Lumina 2 / Z-Image image tokens 3969 (63x63) → 1024 (32x32, 2x) + the prompt's " +
+            "text tokens kept");
+        assert.match((await shown("chroma")).first, /: Chroma image tokens 4096 \(64x64\) → 1024 \(32x32, 2x\) \+ the/);
+        assert.match((await shown("sd3")).first, /: SD3 image tokens 4096 \(64x64\) → 1024 \(32x32, 2x\) \+ the/);
+        // Wan attends over the video alone, each frame downsampled on its own: no text in its self-attention.
+        assert.equal((await shown("wan", {width: 832, height: 480})).first,
+            "First pass 832×480: Wan image tokens per frame 1560 (30x52) → 390 (15x26, 2x)");
+        // A family this line does not know: its tokens, no claim about text.
+        assert.equal((await shown({kind: "dit", family: "Future DiT"})).first,
+            "First pass 1024×1024: Future DiT image tokens 4096 (64x64) → 1024 (32x32, 2x)");
+    });
+
+    test("DiT: the header says which blocks Max depth covers; a deeper ratio sets the blocks outside the middle half",
+        async () => {
+            const headers = [];
+            for (const maxDepth of [0, 1, 2, 3]) {
+                headers.push((await shown("flux", {todo: {max_depth: maxDepth}})).header);
+            }
+            assert.deepEqual(headers, [DIT_HEADER, ...["the middle three quarters of the blocks",
+                "all blocks but the first and last", "every block"].map((scope) => DIT_HEADER.replace(
+                "the middle half of the blocks", scope))]);
+            // Deeper ratio -1: every block covered takes the ratio's factor, one part.
+            assert.equal((await shown("flux", {todo: {max_depth: 3}})).first,
+                "First pass 1024×1024: Flux image tokens 4096 (64x64) → 1024 (32x32, 2x) + the prompt's text tokens " +
+                "kept");
+            assert.equal((await shown("flux", {todo: {max_depth: 1, deeper_ratio: 0.9375}})).first,
+                "First pass 1024×1024: Flux image tokens 4096 (64x64) → 1024 (32x32, 2x), outside the middle half " +
+                "256 (16x16, 4x) + the prompt's text tokens kept");
+            // Deeper ratio 0 leaves the outer blocks exact; Ratio 0 with a deeper ratio thins only those.
+            assert.match((await shown("flux", {todo: {max_depth: 2, deeper_ratio: 0}})).first,
+                /→ 1024 \(32x32, 2x\), outside the middle half 4096 \(64x64, 1x\) \+/);
+            assert.match((await shown("flux", {todo: {ratio: 0, max_depth: 1, deeper_ratio: 0.75}})).first,
+                /: Flux image tokens 4096 \(64x64\) → 4096 \(64x64, 1x\), outside the middle half 1024 \(32x32, 2x\)/);
+            // Max depth 0: a deeper ratio has no blocks to act on.
+            assert.doesNotMatch((await shown("flux", {todo: {deeper_ratio: 0.9375}})).first, /outside/);
+        });
+
+    test("DiT: Auto sizes the factor from the image tokens; no ToDo shows the tokens alone", async () => {
+        // 2048 px: 128x128 = 16384 tokens, sqrt(16384 / 4096) = 2; 512 px: 1024 tokens, left alone.
+        assert.match((await shown("flux", {width: 2048, height: 2048, todo: {auto: true}})).first,
+            /: Flux image tokens 16384 \(128x128\) → 4096 \(64x64, 2x\) \+/);
+        assert.match((await shown("flux", {width: 512, height: 512, todo: {auto: true}})).first,
+            /: Flux image tokens 1024 \(32x32\) → 1024 \(32x32, 1x\) \+/);
+        // 1536 px: 96x96, sqrt(9216 / 1024) = 3.
+        assert.match((await shown("flux", {width: 1536, height: 1536,
+            todo: {auto: true, auto_target_tokens: 1024}})).first, /9216 \(96x96\) → 1024 \(32x32, 3x\)/);
+        // Auto on the first pass, the hires pass's own ratio.
+        const auto = await shown("flux", {width: 512, height: 512, hires: {scale: 4},
+            todo: {auto: true, hires_mode: "own", hires_ratio: 0.9375}});
+        assert.match(auto.hires, /^Hires pass 2048×2048: Flux image tokens 16384 \(128x128\) → 1024 \(32x32, 4x\)/);
+        const off = await shown("flux", {hires: {scale: 2}, todo: {enabled: false}});
+        assert.equal(off.header, DIT_HEADER);
+        assert.equal(off.first, "First pass 1024×1024: no ToDo, Flux image tokens 4096 (64x64)");
+        assert.equal(off.hires, "Hires pass 2048×2048: no ToDo, Flux image tokens 16384 (128x128)");
+        assert.equal((await shown("flux", {hires: {scale: 2}, todo: {hires_only: true}})).first,
+            "First pass 1024×1024: no ToDo, Flux image tokens 4096 (64x64)");
+    });
+
+    test("DiT in img2img: Resize by and the no-image line as on a U-Net", async () => {
+        const {first} = await shown("flux", {tab: "img2img", resize_by: {scale: 1.5, image: [911, 512]}});
+        // 1366x768: latent 170x96, 85x48 patches.
+        assert.equal(first,
+            "First pass 1366×768: Flux image tokens 4080 (48x85) → 1032 (24x43, 2x) + the prompt's text tokens kept");
+        assert.equal((await shown("flux", {tab: "img2img", resize_by: {scale: 2, image: null}})).first,
+            "First pass: no image selected");
+    });
+
+    const FALLBACK = "First pass 1024×1024: SD1/SD2 16384 → 4096 (2x, latent/1) · SDXL 4096 → 1024 (2x, latent/2)";
+
+    test("no model, or one ToDo cannot act on (unknown): both U-Net layouts, quietly", async () => {
+        const {first, page} = await shown("unknown");
+        assert.equal(first, FALLBACK);
+        assert.deepEqual(page.messages, {log: [], warn: [], error: []});
+        // A U-Net answer with levels this line has no layout for is shown as unknown.
+        assert.equal((await shown({kind: "unet", levels: [2, 3]})).first, FALLBACK);
+        assert.equal((await shown({kind: "dit"})).first, FALLBACK);
+    });
+
+    for (const failure of FAILURES) {
+        test("the route answers " + failure + ": both U-Net layouts and one console line, however often asked",
+            async () => {
+                const {first, page} = await shown(failure);
+                assert.equal(first, FALLBACK);
+                assert.equal(page.messages.log.length, 1);
+                assert.match(page.messages.log[0],
+                    /^\[ToDo\] K\/V line shows the SD1\/SD2 and SDXL layouts: no layout of the loaded model from /);
+                for (let round = 0; round < 4; round++) {
+                    page.dispatch("click");
+                    page.dispatch("input");
+                    page.clock.advance(6000);
+                    await page.settle();
+                }
+                assert.equal(page.line("txt2img").split("\n")[1], FALLBACK);
+                assert.deepEqual(page.messages, {log: [page.messages.log[0]], warn: [], error: []});
+                // 404: no such route on this server (an older one, another host), so never asked again; other
+                // failures may pass (a restart), so asked again, at most once per 5 s.
+                assert.equal(page.requests.length, failure === "404" ? 1 : 5);
+            });
+    }
+
+    test("after a failure the server's answer still counts: the line follows once it comes", async () => {
+        const {page} = await shown("network error");
+        page.layoutAnswer = "flux";
+        page.dispatch("click");
+        page.clock.advance(5000);
+        await page.settle();
+        assert.match(page.line("txt2img"), /^Preview of the K\/V tokens/);
+        assert.equal(page.messages.log.length, 1);
+    });
+
+    test("a page without fetch: no request, both U-Net layouts, nothing logged", async () => {
+        const page = await settledPage({tab: "txt2img", width: 1024, height: 1024, todo: {enabled: true}});
+        page.checkpointDropdown("sd_xl_base_1.0.safetensors");
+        page.dispatch("click");
+        page.chooseCheckpoint("flux1-dev.safetensors");
+        page.uiUpdated();
+        page.clock.advance(60000);
+        await page.settle();
+        assert.equal(page.requests.length, 0);
+        assert.equal(page.line("txt2img").split("\n")[1], FALLBACK);
+        assert.deepEqual(page.messages, {log: [], warn: [], error: []});
+    });
+
+    test("asked again after clicks and input, at most once per 5 s, the last event always followed", async () => {
+        const {page} = await shown("sdxl");
+        const times = () => page.requests.map(([at]) => at);
+        // Updates of the page alone ask nothing.
+        page.uiUpdated();
+        page.clock.advance(20000);
+        assert.deepEqual(times(), [0]);
+        // A burst of events: one request at once, one when the interval is over, none after.
+        for (let i = 0; i < 10; i++) {
+            page.dispatch(["click", "input", "change"][i % 3]);
+            page.clock.advance(100);
+        }
+        assert.deepEqual(times(), [0, 20000]);
+        page.clock.advance(20000);
+        assert.deepEqual(times(), [0, 20000, 25000]);
+        // The model changed meanwhile (another tab, the API): the next click shows it.
+        page.layoutAnswer = "flux";
+        page.dispatch("click");
+        await page.settle();
+        assert.deepEqual(times(), [0, 20000, 25000, 41000]);
+        assert.match(page.line("txt2img"), /Flux image tokens 4096/);
+        page.layoutAnswer = "sd15";
+        page.dispatch("change");
+        page.clock.advance(4999);
+        await page.settle();
+        assert.match(page.line("txt2img"), /Flux image tokens 4096/);
+        page.clock.advance(1);
+        await page.settle();
+        assert.equal(page.line("txt2img").split("\n")[1], "First pass 1024×1024: SD1/SD2 16384 → 4096 (2x, latent/1)");
+        assert.deepEqual(page.messages, {log: [], warn: [], error: []});
+    });
+
+    test("a new checkpoint in the dropdown: asked again after 3, 10 and 30 s, as it loads", async () => {
+        const page = new WebUIPage();
+        page.configure({tab: "txt2img", width: 1024, height: 1024, todo: {enabled: true}, layout: "sdxl"});
+        page.checkpointDropdown("sd_xl_base_1.0.safetensors");
+        page.load();
+        page.uiLoaded();
+        page.uiUpdated();
+        await page.settle();
+        assert.match(page.line("txt2img"), /SDXL 4096 → 1024/);
+        page.clock.advance(60000);
+        assert.equal(page.requests.length, 1, "the same checkpoint asks nothing");
+        // The dropdown shows the new checkpoint (gradio sets it; the WebUI's change event loads the model).
+        page.chooseCheckpoint("flux1-dev.safetensors");
+        page.uiUpdated();
+        page.clock.advance(3000);
+        await page.settle();
+        assert.match(page.line("txt2img"), /SDXL/, "still loading: the server still has SDXL");
+        page.layoutAnswer = "flux";
+        page.clock.advance(7000);
+        await page.settle();
+        assert.match(page.line("txt2img"), /^Preview .*\nFirst pass 1024×1024: Flux image tokens 4096/);
+        page.clock.advance(20000);
+        assert.deepEqual(page.requests.map(([at]) => at), [0, 63000, 70000, 90000]);
+        page.clock.advance(60000);
+        assert.equal(page.requests.length, 4);
+        assert.deepEqual(page.messages, {log: [], warn: [], error: []});
+    });
+
+    test("a page that breaks mid-update stops asking too", async () => {
+        const {page} = await shown("flux");
+        page.context.gradioApp = () => null;
+        page.uiUpdated();
+        assert.equal(page.messages.warn.length, 1);
+        page.dispatch("click");
+        page.dispatch("input");
+        page.clock.advance(60000);
+        await page.settle();
+        assert.equal(page.requests.length, 1);
+        assert.deepEqual(page.messages.log, []);
+    });
+
+    test("an answer arriving after the page broke changes nothing and throws nothing", async () => {
+        const page = new WebUIPage();
+        page.configure({tab: "txt2img", width: 1024, height: 1024, todo: {enabled: true}, layout: "flux"});
+        page.load();
+        page.uiLoaded(); // the request goes out
+        page.uiUpdated();
+        const before = page.line("txt2img");
+        page.context.gradioApp = () => null;
+        page.uiUpdated();
+        await page.settle();
+        assert.equal(page.line("txt2img"), before);
+        assert.equal(page.messages.warn.length, 1);
+    });
 });

@@ -6,6 +6,10 @@
 // Element ids follow the WebUI: Script.elem_id gives script_<tab>_todo_<field>, InputAccordion adds a hidden
 // checkbox "<id>-checkbox" (the enable box and txt2img's hires fix), and javascript/ui.js's get_tab_index and
 // currentImg2imgSourceResolution read the img2img resize tabs and the source image.
+//
+// `fetch` is there only where a test gives the page a layout answer (page.layoutAnswer, or `layout` in a state):
+// the server's GET todo/v1/layout (scripts/todo_script.py serve_model_layout) answering LAYOUT_ANSWERS' JSON or
+// one of FAILURES. A page without it is a browser or host without fetch, where todo.js shows both U-Net layouts.
 
 const fs = require("node:fs");
 const path = require("node:path");
@@ -25,6 +29,23 @@ const TODO_RADIOS = {
     hires_mode: [["same", "own", "auto", "off"], "same"],
 };
 const TODO_FIELDS = [...Object.keys(TODO_CHECKBOXES), ...Object.keys(TODO_SLIDERS), ...Object.keys(TODO_RADIOS)];
+
+// What hosts.layout_of answers for each kind of model (tests/webui/test_optional_integrations.py checks the U-Net
+// and unknown answers on the server's side).
+const LAYOUT_ANSWERS = {
+    sd15: {kind: "unet", levels: [0, 1, 2, 3]},
+    sdxl: {kind: "unet", levels: [1, 2]},
+    flux: {kind: "dit", family: "Flux"},
+    chroma: {kind: "dit", family: "Chroma"},
+    lumina: {kind: "dit", family: "Lumina 2 / Z-Image"},
+    qwen: {kind: "dit", family: "Qwen-Image"},
+    wan: {kind: "dit", family: "Wan"},
+    sd3: {kind: "dit", family: "SD3"},
+    unknown: {kind: "unknown"},
+};
+// Answers that are no layout: an old server or another host (404), a server error, no connection, a page that
+// is not JSON (a proxy's error page), a fetch that throws before it sends (a page's policy refusing it).
+const FAILURES = ["404", "500", "network error", "not JSON", "fetch throws"];
 
 class FakeInput {
     constructor(type, value, checked) {
@@ -71,7 +92,7 @@ class FakeApp {
     }
 
     querySelector(selector) {
-        const match = /^#([\w-]+) (input\[type=(number|checkbox)\]|input:checked|\.[\w-]+)$/.exec(selector);
+        const match = /^#([\w-]+) (input\[type=(number|checkbox)\]|input:checked|input|\.[\w-]+)$/.exec(selector);
         if (!match) {
             throw new Error("the fake page does not model the selector " + JSON.stringify(selector));
         }
@@ -84,6 +105,9 @@ class FakeApp {
         }
         if (match[2] === "input:checked") {
             return element.inputs.find((input) => input.checked) || null;
+        }
+        if (match[2] === "input") {
+            return element.inputs[0] || null;
         }
         return element.querySelector(match[2]);
     }
@@ -127,6 +151,8 @@ class WebUIPage {
         this.uiLoadedCallbacks = [];
         this.sourceImage = null; // [naturalWidth, naturalHeight] of img2img's image, or null when none is loaded
         this.context = null; // the page's globals once loaded: a test may remove or replace a hook afterwards
+        this.layoutAnswer = undefined; // a key of LAYOUT_ANSWERS, a layout object, one of FAILURES; undefined: no fetch
+        this.requests = []; // [clock time, url, options] of each fetch
         for (const tab of ["txt2img", "img2img"]) {
             this.slider(tab + "_width", 512);
             this.slider(tab + "_height", 512);
@@ -158,6 +184,15 @@ class WebUIPage {
     radio(id, choices, value) {
         const element = this.app.add(id);
         choices.forEach((choice) => element.inputs.push(new FakeInput("radio", choice, choice === value)));
+    }
+
+    // The quicksettings' checkpoint dropdown: gradio's Dropdown shows its value in a text input.
+    checkpointDropdown(value) {
+        this.app.add("setting_sd_model_checkpoint").inputs.push(new FakeInput("text", value, false));
+    }
+
+    chooseCheckpoint(value) {
+        this.app.getElementById("setting_sd_model_checkpoint").inputs[0].value = value;
     }
 
     html(id, childClass) {
@@ -222,6 +257,9 @@ class WebUIPage {
             this.set("txt2img_hr_resize_x", state.hires.resize_x || 0);
             this.set("txt2img_hr_resize_y", state.hires.resize_y || 0);
         }
+        if (state.layout !== undefined) {
+            this.layoutAnswer = state.layout;
+        }
         if (state.resize_by) {
             this.app.getElementById("img2img_tabs_resize").selectedTab = 1;
             this.set("img2img_scale", state.resize_by.scale);
@@ -242,6 +280,9 @@ class WebUIPage {
                 this.sourceImage ? [this.sourceImage[0], this.sourceImage[1], scaleBy] : [0, 0, scaleBy],
         };
         const context = {setTimeout: this.clock.setTimeout, console: this.recordingConsole()};
+        if (this.layoutAnswer !== undefined) {
+            context.fetch = (url, options) => this.fetch(url, options);
+        }
         this.context = context;
         for (const name of HOOKS) {
             if (!without.includes(name)) {
@@ -250,6 +291,37 @@ class WebUIPage {
         }
         vm.createContext(context);
         vm.runInContext(fs.readFileSync(TODO_JS, "utf8"), context, {filename: TODO_JS});
+        return this;
+    }
+
+    // The server's answer to a fetch, as the browser gives it: a promise of a Response, rejected without a connection.
+    fetch(url, options) {
+        this.requests.push([this.clock.now, url, options]);
+        const answer = typeof this.layoutAnswer === "string" && this.layoutAnswer in LAYOUT_ANSWERS ?
+            LAYOUT_ANSWERS[this.layoutAnswer] : this.layoutAnswer;
+        if (answer === "fetch throws") {
+            throw new TypeError("Failed to execute 'fetch' on 'Window': Refused by the page's policy");
+        }
+        if (answer === "network error") {
+            return Promise.reject(new TypeError("Failed to fetch"));
+        }
+        const status = answer === "404" ? 404 : answer === "500" ? 500 : 200;
+        const body = status === 404 ? {detail: "Not Found"} : status === 500 ? {error: "Internal Server Error"} :
+            answer;
+        return Promise.resolve({
+            ok: status === 200,
+            status,
+            json: () => answer === "not JSON" ?
+                Promise.reject(new SyntaxError("Unexpected token '<', \"<html>\" is not valid JSON")) :
+                Promise.resolve(JSON.parse(JSON.stringify(body))),
+        });
+    }
+
+    // Lets the answers of fetches already made arrive (promise callbacks run before the next macrotask).
+    async settle() {
+        for (let round = 0; round < 3; round++) {
+            await new Promise((resolve) => setImmediate(resolve));
+        }
         return this;
     }
 
@@ -295,4 +367,9 @@ function loadedPage(state) {
     return page;
 }
 
-module.exports = {WebUIPage, loadedPage, todoId};
+// loadedPage, after the layout's answer has arrived.
+async function settledPage(state) {
+    return loadedPage(state).settle();
+}
+
+module.exports = {FAILURES, LAYOUT_ANSWERS, WebUIPage, loadedPage, settledPage, todoId};
