@@ -381,3 +381,26 @@ def test_a_deeper_ratio_applies_to_the_outer_bands():
     for position, image in kept.items():
         by_depth.setdefault(dit.depth_of_position(position, 16), set()).add(image)
     assert by_depth == {0: {4 * 4}, 1: {3 * 3}, 2: {2 * 2}}
+
+
+@pytest.mark.parametrize("form", ["queries-keys", "batch-queries-keys", "batch-heads-queries-keys", "bool"])
+def test_a_mask_the_host_passes_is_taken_at_the_kept_keys_and_gets_the_bias(form):
+    """Chroma's blocks pass their `attn_mask` on to flux.py's attention (ComfyUI's Chroma masks the text padding);
+    Neo's attention functions read a 2-D mask as (queries, keys) and a 3-D one as (batch, queries, keys)."""
+    case = BUILDERS["chroma"]()
+    tokens = 8 + 20
+    generator = torch.Generator().manual_seed(7)
+    masks = {"queries-keys": torch.randn(tokens, tokens, generator=generator),
+             "batch-queries-keys": torch.randn(2, tokens, tokens, generator=generator),
+             "batch-heads-queries-keys": torch.randn(2, 1, tokens, tokens, generator=generator),
+             "bool": torch.rand(2, tokens, tokens, generator=generator) > 0.2}
+    for block in (*case.model.double_blocks, *case.model.single_blocks):
+        block.register_forward_pre_hook(lambda _m, args, kwargs: (args, {**kwargs, "attn_mask": masks[form]}),
+                                        with_kwargs=True)
+    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
+    recorder = Recorder(case.home, case.function)
+    case.run()
+    assert len(recorder.calls) == handle.record.downsampled == 2
+    for call in recorder.calls:
+        torch.testing.assert_close(call.out.double(), formula(call, 8, case.grid, 0, 2, "nearest"),
+                                   atol=2e-5, rtol=1e-4)

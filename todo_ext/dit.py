@@ -230,7 +230,9 @@ def _reduced_arguments(state: _DiTState, q: torch.Tensor, k: torch.Tensor, v: to
 
 def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype) -> tuple[tuple, dict]:
     """The call's arguments with its mask (the argument after `heads`, or `mask=`) restricted to the kept keys and
-    the proportional bias added."""
+    the proportional bias added. The mask is first brought to 4-D as the hosts' attention functions read it (2-D:
+    (queries, keys); 3-D: (batch, queries, keys)), so that the bias, (1, 1, 1, keys), broadcasts over its keys
+    rather than shifting its batch into the heads."""
     bias = proportional_bias(plan, dtype)
     positional = len(args) > 1
     mask = args[1] if positional else kwargs.get("mask")
@@ -238,6 +240,10 @@ def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype) -> tupl
         mask = mask.index_select(-1, plan.index)
         if mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -torch.inf)
+        if mask.dim() == 2:
+            mask = mask.unsqueeze(0)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)
         bias = mask + bias
     if positional:
         return (args[0], bias, *args[2:]), kwargs
