@@ -404,3 +404,19 @@ def test_a_mask_the_host_passes_is_taken_at_the_kept_keys_and_gets_the_bias(form
     for call in recorder.calls:
         torch.testing.assert_close(call.out.double(), formula(call, 8, case.grid, 0, 2, "nearest"),
                                    atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sd35-forge", "sd3-a1111"])
+def test_sd3_on_an_odd_latent_side_reads_the_grid_its_patch_embedder_makes(name):
+    """SD3's patch embedder is a strided conv without padding: a 9x11 latent gives a 4x5 grid, its last row and
+    column dropped (the output comes back 8x10)."""
+    case = BUILDERS[name](latent=(9, 11))
+    assert case.grid == (4, 5)
+    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
+    recorder = Recorder(case.home, case.function)
+    assert case.run().shape[-2:] == (8, 10)
+    assert not handle.record.aside and handle.record.downsampled == len(recorder.calls)
+    for call in recorder.calls:
+        before, after = case.joint_layout(call.k.shape[1])
+        torch.testing.assert_close(call.out.double(), formula(call, before, case.grid, after, 2, "nearest"),
+                                   atol=2e-5, rtol=1e-4)

@@ -110,11 +110,12 @@ def _wan_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
 def _mmdit_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
     """SD3 and SD3.5 (A1111 modules/models/sd3/mmdit.py, Forge backend/nn/mmditx.py block_mixing): the context
     (register tokens and text), then the image at the patch embedder's patch size; SD3.5 Medium's second
-    self-attention runs over the image alone."""
+    self-attention runs over the image alone. The patch embedder is a strided conv without padding, so an odd
+    side loses its last row or column: side // patch tokens."""
     x = _input(args, kwargs, 0, "x")
     patch = model.x_embedder.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    grid = (_patches(x.shape[-2], patch), _patches(x.shape[-1], patch))
+    grid = (x.shape[-2] // patch, x.shape[-1] // patch)
     return [CallShape(None, grid, 0)]
 
 
