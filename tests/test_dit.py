@@ -420,3 +420,23 @@ def test_sd3_on_an_odd_latent_side_reads_the_grid_its_patch_embedder_makes(name)
         before, after = case.joint_layout(call.k.shape[1])
         torch.testing.assert_close(call.out.double(), formula(call, before, case.grid, after, 2, "nearest"),
                                    atol=2e-5, rtol=1e-4)
+
+
+def test_two_models_of_one_family_attached_at_once_each_act_in_their_own_runs_only():
+    """Wan 2.2's two experts (or a model and its refiner) share the module function: each attach's wrapper acts
+    while its own model runs, and removing one leaves the other acting."""
+    high, low = wan(seed=0), wan(seed=1)
+    original = high.attention
+    low_plain = low.run()
+    high_handle = todo_ext.apply(high.model, every_block(ratio=0.75))
+    low_handle = todo_ext.apply(low.model, every_block(ratio=0.9375))
+    high.run()
+    assert high_handle.record.downsampled == 2 and low_handle.record.calls == 0
+    low_out = low.run()
+    assert low_handle.record.downsampled == 2 and high_handle.record.downsampled == 2
+    assert {kv_grid for (_, _, kv_grid, _, _) in low_handle.record.kv} == {(3, 1, 2)}
+    high_handle.remove()
+    assert torch.equal(low.run(), low_out)
+    low_handle.remove()
+    assert high.attention is original
+    assert torch.equal(low.run(), low_plain)

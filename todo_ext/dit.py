@@ -271,8 +271,9 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
 
 class _FunctionSwap:
     """ToDo's wrapper in place of a module-level function, for one attach. `remove()` puts the previous function
-    back where ToDo's is still the name's value; where another extension wrapped it since, ToDo's wrapper stays in
-    their chain, switched off (its state is inactive), and a later attach unlinks it."""
+    back where ToDo's is still the name's value, and with it any switched-off ToDo wrapper that was under it (an
+    attach of another model of the family, removed first); where another extension wrapped it since, ToDo's wrapper
+    stays in their chain, switched off (its state is inactive), and a later attach unlinks it."""
 
     def __init__(self, home: ModuleType, name: str, state: _DiTState):
         self.home, self.name = home, name
@@ -283,6 +284,7 @@ class _FunctionSwap:
     def remove(self) -> None:
         if getattr(self.home, self.name, None) is self.wrapper:
             setattr(self.home, self.name, self.wrapper.previous)
+            _unlink_inactive(self.home, self.name)
 
 
 def _unlink_inactive(home: ModuleType, name: str) -> None:
