@@ -19,6 +19,8 @@ import torch
 from dit_stub import (
     a1111_mmdit,
     a1111_other_impls,
+    forge_attention,
+    forge_flux,
     forge_mmditx,
     neo_args,
     neo_attention,
@@ -32,6 +34,8 @@ from torch import nn
 
 ATTENTION_NAMES = {
     neo_attention: "attention_function",
+    forge_attention: "attention_function",
+    forge_flux: "attention_function",
     neo_flux: "attention_function",
     neo_lumina: "attention_function",
     neo_qwen: "attention_function",
@@ -100,18 +104,19 @@ def _text(batch: int, generator: torch.Generator, width: int = 16) -> torch.Tens
     return torch.randn(batch, TEXT, width, generator=generator)
 
 
-def flux(batch: int = 2, latent=LATENT, kontext=None, seed: int = 0, **sizes) -> Case:
-    """Neo's Flux; `kontext` the (height, width) of one reference latent (Flux Kontext)."""
+def flux(batch: int = 2, latent=LATENT, kontext=None, seed: int = 0, host=neo_flux, **sizes) -> Case:
+    """Neo's Flux (or Forge's: `host=forge_flux`); `kontext` the (height, width) of one reference latent (Flux
+    Kontext, on Neo)."""
     generator = _seeded(seed)
-    model = neo_flux.IntegratedFluxTransformer2DModel(**sizes).eval()
+    model = host.IntegratedFluxTransformer2DModel(**sizes).eval()
     refs = [] if kontext is None else [torch.randn(batch, 4, *kontext, generator=generator)]
     ref_tokens = sum(_patches(ref.shape[-2]) * _patches(ref.shape[-1]) for ref in refs)
     inputs = {"context": _text(batch, generator), "y": torch.randn(batch, 8, generator=generator)}
     kept = (("text", TEXT), ("ref", ref_tokens)) if refs else (("text", TEXT),)
-    return Case("flux-kontext" if refs else "flux", model,
-                (torch.randn(batch, 4, *latent, generator=generator), torch.full((batch,), 0.5)), inputs, neo_flux,
-                "attention_function", (_patches(latent[0]), _patches(latent[1])), ((TEXT, ref_tokens),), (kept,),
-                refs)
+    name = "flux-kontext" if refs else "flux" if host is neo_flux else "flux-forge"
+    x = torch.randn(batch, 4, *latent, generator=generator)
+    return Case(name, model, (x, torch.full((batch,), 0.5)), inputs, host, "attention_function",
+                (_patches(latent[0]), _patches(latent[1])), ((TEXT, ref_tokens),), (kept,), refs)
 
 
 def chroma(batch: int = 2, latent=LATENT, seed: int = 0) -> Case:
@@ -192,6 +197,7 @@ def sd3_a1111(batch: int = 2, latent=(8, 10), seed: int = 0) -> Case:
 BUILDERS = {
     "flux": flux,
     "flux-kontext": lambda **kw: flux(kontext=(6, 8), **kw),
+    "flux-forge": lambda **kw: flux(host=forge_flux, **kw),
     "chroma": chroma,
     "lumina2": lumina2,
     "zimage": zimage,

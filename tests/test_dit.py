@@ -440,3 +440,4 @@ def test_two_models_of_one_family_attached_at_once_each_act_in_their_own_runs_on
     low_handle.remove()
     assert high.attention is original
     assert torch.equal(low.run(), low_plain)
+

@@ -120,7 +120,8 @@ def _mlp(hidden_size: int, mlp_ratio: float) -> nn.Sequential:
 
 class DoubleStreamBlock(nn.Module):
     """Mirrors flux.py DoubleStreamBlock.forward(img, txt, vec, pe): each stream projects its own q, k, v; one
-    attention call over [txt, img] (text first), split back by the text length."""
+    attention call over [txt, img] (text first), split back by the text length. The work before and after the
+    call is in `joint_qkv` and `streams_after` (for Forge's flux.py stand-in, whose blocks do the same)."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, qkv_bias: bool = False):
         super().__init__()
@@ -132,28 +133,35 @@ class DoubleStreamBlock(nn.Module):
             setattr(self, f"{stream}_norm2", nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6))
             setattr(self, f"{stream}_mlp", _mlp(hidden_size, mlp_ratio))
 
-    def forward(self, img, txt, vec, pe):
-        img_mod1_shift, img_mod1_scale, img_mod1_gate, img_mod2_shift, img_mod2_scale, img_mod2_gate = self.img_mod(vec)
-        txt_mod1_shift, txt_mod1_scale, txt_mod1_gate, txt_mod2_shift, txt_mod2_scale, txt_mod2_gate = self.txt_mod(vec)
-        img_q, img_k, img_v = split_heads(self.img_attn.qkv((1 + img_mod1_scale) * self.img_norm1(img)
-                                                             + img_mod1_shift), self.num_heads)
+    def joint_qkv(self, img, txt, vec):
+        """q, k, v of [txt, img] as (batch, heads, tokens, dim), and each stream's modulations."""
+        img_mod, txt_mod = self.img_mod(vec), self.txt_mod(vec)
+        img_q, img_k, img_v = split_heads(self.img_attn.qkv((1 + img_mod[1]) * self.img_norm1(img) + img_mod[0]),
+                                          self.num_heads)
         img_q, img_k = self.img_attn.norm(img_q, img_k, img_v)
-        txt_q, txt_k, txt_v = split_heads(self.txt_attn.qkv((1 + txt_mod1_scale) * self.txt_norm1(txt)
-                                                             + txt_mod1_shift), self.num_heads)
+        txt_q, txt_k, txt_v = split_heads(self.txt_attn.qkv((1 + txt_mod[1]) * self.txt_norm1(txt) + txt_mod[0]),
+                                          self.num_heads)
         txt_q, txt_k = self.txt_attn.norm(txt_q, txt_k, txt_v)
-        attn = attention(torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2),
-                         torch.cat((txt_v, img_v), dim=2), pe=pe)
+        qkv = (torch.cat((txt_q, img_q), dim=2), torch.cat((txt_k, img_k), dim=2), torch.cat((txt_v, img_v), dim=2))
+        return qkv, img_mod, txt_mod
+
+    def streams_after(self, attn, img, txt, img_mod, txt_mod):
+        """Each stream's residuals from its part of the attention output, then its MLP."""
         txt_attn, img_attn = attn[:, :txt.shape[1]], attn[:, txt.shape[1]:]
-        img = img + img_mod1_gate * self.img_attn.proj(img_attn)
-        img = img + img_mod2_gate * self.img_mlp((1 + img_mod2_scale) * self.img_norm2(img) + img_mod2_shift)
-        txt = txt + txt_mod1_gate * self.txt_attn.proj(txt_attn)
-        txt = txt + txt_mod2_gate * self.txt_mlp((1 + txt_mod2_scale) * self.txt_norm2(txt) + txt_mod2_shift)
+        img = img + img_mod[2] * self.img_attn.proj(img_attn)
+        img = img + img_mod[5] * self.img_mlp((1 + img_mod[4]) * self.img_norm2(img) + img_mod[3])
+        txt = txt + txt_mod[2] * self.txt_attn.proj(txt_attn)
+        txt = txt + txt_mod[5] * self.txt_mlp((1 + txt_mod[4]) * self.txt_norm2(txt) + txt_mod[3])
         return img, txt
+
+    def forward(self, img, txt, vec, pe):
+        (q, k, v), img_mod, txt_mod = self.joint_qkv(img, txt, vec)
+        return self.streams_after(attention(q, k, v, pe=pe), img, txt, img_mod, txt_mod)
 
 
 class SingleStreamBlock(nn.Module):
     """Mirrors flux.py SingleStreamBlock.forward(x, vec, pe): one attention call over the [txt, img] stream, its qkv
-    and MLP input from one linear layer."""
+    and MLP input from one linear layer (`joint_qkv` and `stream_after`, as in DoubleStreamBlock)."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -167,14 +175,20 @@ class SingleStreamBlock(nn.Module):
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(hidden_size, double=False)
 
-    def forward(self, x, vec, pe):
+    def joint_qkv(self, x, vec):
         shift, scale, gate = self.modulation(vec)
         qkv, mlp = torch.split(self.linear1((1 + scale) * self.pre_norm(x) + shift),
                                [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
         q, k, v = split_heads(qkv, self.num_heads)
         q, k = self.norm(q, k, v)
-        attn = attention(q, k, v, pe=pe)
+        return (q, k, v), mlp, gate
+
+    def stream_after(self, attn, x, mlp, gate):
         return x + gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
+
+    def forward(self, x, vec, pe):
+        (q, k, v), mlp, gate = self.joint_qkv(x, vec)
+        return self.stream_after(attention(q, k, v, pe=pe), x, mlp, gate)
 
 
 class LastLayer(nn.Module):
@@ -203,7 +217,10 @@ class IntegratedFluxTransformer2DModel(nn.Module):
     control=None, transformer_options={}, **kwargs) patchifies the latent at 2 (padding odd sides), appends the
     Kontext reference latents of `dynamic_args["ref_latents"]` after the image (position index 1, offset beside
     the ones before), runs the double blocks on (img, txt), then the single blocks on [txt, img], and keeps the
-    image tokens."""
+    image tokens. Its blocks are `double_block` and `single_block` (Forge's flux.py stand-in has its own)."""
+
+    double_block = DoubleStreamBlock
+    single_block = SingleStreamBlock
 
     def __init__(self, in_channels=4, out_channels=4, vec_in_dim=8, context_in_dim=16, hidden_size=64, mlp_ratio=2.0,
                  num_heads=2, depth=1, depth_single_blocks=1, axes_dim=(8, 12, 12), theta=10000, patch_size=2,
@@ -217,9 +234,9 @@ class IntegratedFluxTransformer2DModel(nn.Module):
         self.vector_in = MLPEmbedder(vec_in_dim, hidden_size)
         self.guidance_in = MLPEmbedder(256, hidden_size) if guidance_embed else nn.Identity()
         self.txt_in = nn.Linear(context_in_dim, hidden_size)
-        self.double_blocks = nn.ModuleList(DoubleStreamBlock(hidden_size, num_heads, mlp_ratio, qkv_bias)
+        self.double_blocks = nn.ModuleList(self.double_block(hidden_size, num_heads, mlp_ratio, qkv_bias)
                                            for _ in range(depth))
-        self.single_blocks = nn.ModuleList(SingleStreamBlock(hidden_size, num_heads, mlp_ratio)
+        self.single_blocks = nn.ModuleList(self.single_block(hidden_size, num_heads, mlp_ratio)
                                            for _ in range(depth_single_blocks))
         self.final_layer = LastLayer(hidden_size, 1, out_channels * patch_size * patch_size)
 
