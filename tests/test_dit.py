@@ -19,6 +19,7 @@ from dit_cases import (
     wan,
     zimage,
 )
+from dit_stub import forge_attention, forge_flux
 
 import todo_ext
 from todo_ext import dit
@@ -441,3 +442,18 @@ def test_two_models_of_one_family_attached_at_once_each_act_in_their_own_runs_on
     assert high.attention is original
     assert torch.equal(low.run(), low_plain)
 
+
+def test_the_bias_survives_an_attention_that_adds_the_mask_query_slice_by_query_slice(monkeypatch):
+    """WebUI Forge with --attention-split (and its sub-quadratic attention, alike) cuts the queries into slices
+    and adds a mask of more than 2 dims as mask[:, i:end]: the bias must carry the query dimension for that."""
+    case = BUILDERS["flux-forge"]()
+    plain = case.run()
+    monkeypatch.setattr(forge_flux, "attention_function", forge_attention.attention_split)
+    torch.testing.assert_close(case.run(), plain, atol=1e-5, rtol=1e-4)
+    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
+    recorder = Recorder(case.home, case.function)
+    case.run()
+    assert len(recorder.calls) == handle.record.downsampled == 2
+    for call in recorder.calls:
+        torch.testing.assert_close(call.out.double(), formula(call, 8, case.grid, 0, 2, "nearest"),
+                                   atol=2e-5, rtol=1e-4)

@@ -226,15 +226,15 @@ def _reduced_arguments(state: _DiTState, q: torch.Tensor, k: torch.Tensor, v: to
         return None
     plan = joint_plan(layout, factor, state.config.method, k.device)
     k, v = reduce_keys_values(k, v, plan, sequence_dim)
-    return (k, v, *_with_mask(args, kwargs, plan, q.dtype))
+    return (k, v, *_with_mask(args, kwargs, plan, q.dtype, q.shape[sequence_dim]))
 
 
-def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype) -> tuple[tuple, dict]:
+def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries: int) -> tuple[tuple, dict]:
     """The call's arguments with its mask (the argument after `heads`, or `mask=`) restricted to the kept keys and
     the proportional bias added. The mask is first brought to 4-D as the hosts' attention functions read it (2-D:
-    (queries, keys); 3-D: (batch, queries, keys)), so that the bias, (1, 1, 1, keys), broadcasts over its keys
+    (queries, keys); 3-D: (batch, queries, keys)), so that the bias, (1, 1, queries, keys), broadcasts over it
     rather than shifting its batch into the heads."""
-    bias = proportional_bias(plan, dtype)
+    bias = proportional_bias(plan, dtype, queries)
     positional = len(args) > 1
     mask = args[1] if positional else kwargs.get("mask")
     if mask is not None:
