@@ -22,7 +22,7 @@ from dit_cases import (
 from dit_stub import forge_attention, forge_flux
 
 import todo_ext
-from todo_ext import dit
+from todo_ext import dit, joint
 
 pytestmark = pytest.mark.usefixtures("attention_functions")
 
@@ -457,3 +457,29 @@ def test_the_bias_survives_an_attention_that_adds_the_mask_query_slice_by_query_
     for call in recorder.calls:
         torch.testing.assert_close(call.out.double(), formula(call, 8, case.grid, 0, 2, "nearest"),
                                    atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["flux", "wan"])
+def test_auto_sizes_the_factor_from_the_image_grid_of_one_frame(name):
+    """Auto keeps about `auto_target_tokens` per image: a 16x16 grid at target 64 is 2x, on each of Wan's 3 frames
+    too (not 3.5x, which all 768 video tokens would give)."""
+    case = BUILDERS[name](latent=(32, 32))
+    handle = todo_ext.apply(case.model, every_block(auto=True, auto_target_tokens=64))
+    case.run()
+    assert {(grid, kv_grid, factor) for (_, grid, kv_grid, factor, _) in handle.record.kv} == {
+        (case.grid, (*case.grid[:-2], 8, 8), 2.0)}
+
+
+def test_a_step_under_inference_mode_then_one_recording_gradients(monkeypatch):
+    """The WebUI samples under inference mode; an extension that trains or needs gradients may then run the model
+    with autograd on: the plans and bias ToDo cached under inference mode must serve both."""
+    monkeypatch.setattr(joint, "_plan_cache", {})
+    case = BUILDERS["qwen"]()
+    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
+    with torch.inference_mode():
+        sampled = case.model(*case.args, **case.kwargs)
+    x = case.args[0].clone().requires_grad_(True)
+    out = case.model(x, *case.args[1:], **case.kwargs)
+    out.sum().backward()
+    assert x.grad is not None and torch.allclose(out.detach(), sampled, atol=1e-6)
+    assert handle.record.downsampled == 2 * len(case.model.transformer_blocks)
