@@ -67,10 +67,12 @@ class SelfAttention(nn.Module):
             self.proj = nn.Linear(dim, dim)
 
     def pre_attention(self, x):
+        """Mirrors SelfAttention.pre_attention (split_qkv, no QK norm here)."""
         q, k, v = self.qkv(x).reshape(x.shape[0], x.shape[1], 3, -1).unbind(2)
         return q, k, v
 
     def post_attention(self, x):
+        """Mirrors SelfAttention.post_attention."""
         return self.proj(x)
 
 
@@ -94,6 +96,7 @@ class DismantledBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.n_mods * hidden_size))
 
     def pre_attention(self, x, c):
+        """Mirrors DismantledBlock.pre_attention: q, k, v of the modulated x, and what post_attention needs."""
         if self.pre_only:
             shift_msa, scale_msa = self.adaLN_modulation(c).chunk(2, dim=1)
             return self.attn.pre_attention(modulate(self.norm1(x), shift_msa, scale_msa)), None
@@ -102,6 +105,7 @@ class DismantledBlock(nn.Module):
         return qkv, (x, gate_msa, shift_mlp, scale_mlp, gate_mlp)
 
     def post_attention(self, attn, x, gate_msa, shift_mlp, scale_mlp, gate_mlp):
+        """Mirrors DismantledBlock.post_attention: gated residual, then the modulated MLP."""
         x = x + gate_msa.unsqueeze(1) * self.attn.post_attention(attn)
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
@@ -115,6 +119,7 @@ class DismantledBlock(nn.Module):
         return qkv, qkv2, (x, gate_msa, shift_mlp, scale_mlp, gate_mlp, gate_msa2)
 
     def post_attention_x(self, attn, attn2, x, gate_msa, shift_mlp, scale_mlp, gate_mlp, gate_msa2):
+        """Mirrors DismantledBlock.post_attention_x: both attentions' gated residuals, then the MLP."""
         x = x + gate_msa.unsqueeze(1) * self.attn.post_attention(attn)
         x = x + gate_msa2.unsqueeze(1) * self.attn2.post_attention(attn2)
         return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))

@@ -176,6 +176,7 @@ class SingleStreamBlock(nn.Module):
         self.modulation = Modulation(hidden_size, double=False)
 
     def joint_qkv(self, x, vec):
+        """q, k, v of the stream as (batch, heads, tokens, dim), the MLP input and the gate."""
         shift, scale, gate = self.modulation(vec)
         qkv, mlp = torch.split(self.linear1((1 + scale) * self.pre_norm(x) + shift),
                                [3 * self.hidden_size, self.mlp_hidden_dim], dim=-1)
@@ -184,6 +185,7 @@ class SingleStreamBlock(nn.Module):
         return (q, k, v), mlp, gate
 
     def stream_after(self, attn, x, mlp, gate):
+        """The gated residual of the attention output beside the MLP's."""
         return x + gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=2))
 
     def forward(self, x, vec, pe):
@@ -241,6 +243,8 @@ class IntegratedFluxTransformer2DModel(nn.Module):
         self.final_layer = LastLayer(hidden_size, 1, out_channels * patch_size * patch_size)
 
     def inner_forward(self, img, img_ids, txt, txt_ids, timesteps, y, guidance=None):
+        """Mirrors IntegratedFluxTransformer2DModel.inner_forward: the vector from timestep (guidance) and y, RoPE
+        of [txt ids, img ids], the double blocks, then the single blocks on [txt, img]; the image part out."""
         img = self.img_in(img)
         vec = self.time_in(timestep_embedding(timesteps, 256).to(img.dtype))
         if self.guidance_embed:

@@ -181,6 +181,7 @@ class NextDiT(nn.Module):
         return torch.cat((tokens, pad_token.to(tokens).unsqueeze(0).repeat(tokens.shape[0], extra, 1)), dim=1)
 
     def patchify_and_embed(self, x, cap_feats, cap_mask, t, transformer_options={}):  # noqa: B006
+        """Mirrors NextDiT.patchify_and_embed: [caption, image] tokens, their RoPE, both refiners run."""
         batch, channels, height, width = x.shape
         patch = self.patch_size
         if self.pad_tokens_multiple is not None:

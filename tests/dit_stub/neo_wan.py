@@ -112,6 +112,7 @@ class WanModel(nn.Module):
                                      [head_dim - 4 * (head_dim // 6), 2 * (head_dim // 6), 2 * (head_dim // 6)])
 
     def forward_orig(self, x, t, context, clip_fea=None, freqs=None, transformer_options={}, **kwargs):  # noqa: B006
+        """Mirrors WanModel.forward_orig: patch embedding, time modulations, text embedding, blocks, head."""
         x = self.patch_embedding(x)
         grid_sizes = x.shape[2:]
         x = x.flatten(2).transpose(1, 2)
