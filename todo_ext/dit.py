@@ -110,11 +110,12 @@ def _wan_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
 def _mmdit_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
     """SD3 and SD3.5 (A1111 modules/models/sd3/mmdit.py, Forge backend/nn/mmditx.py block_mixing): the context
     (register tokens and text), then the image at the patch embedder's patch size; SD3.5 Medium's second
-    self-attention runs over the image alone."""
+    self-attention runs over the image alone. The patch embedder is a strided conv without padding, so an odd
+    side loses its last row or column: side // patch tokens."""
     x = _input(args, kwargs, 0, "x")
     patch = model.x_embedder.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-    grid = (_patches(x.shape[-2], patch), _patches(x.shape[-1], patch))
+    grid = (x.shape[-2] // patch, x.shape[-1] // patch)
     return [CallShape(None, grid, 0)]
 
 
@@ -225,19 +226,25 @@ def _reduced_arguments(state: _DiTState, q: torch.Tensor, k: torch.Tensor, v: to
         return None
     plan = joint_plan(layout, factor, state.config.method, k.device)
     k, v = reduce_keys_values(k, v, plan, sequence_dim)
-    return (k, v, *_with_mask(args, kwargs, plan, q.dtype))
+    return (k, v, *_with_mask(args, kwargs, plan, q.dtype, q.shape[sequence_dim]))
 
 
-def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype) -> tuple[tuple, dict]:
+def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries: int) -> tuple[tuple, dict]:
     """The call's arguments with its mask (the argument after `heads`, or `mask=`) restricted to the kept keys and
-    the proportional bias added."""
-    bias = proportional_bias(plan, dtype)
+    the proportional bias added. The mask is first brought to 4-D as the hosts' attention functions read it (2-D:
+    (queries, keys); 3-D: (batch, queries, keys)), so that the bias, (1, 1, queries, keys), broadcasts over it
+    rather than shifting its batch into the heads."""
+    bias = proportional_bias(plan, dtype, queries)
     positional = len(args) > 1
     mask = args[1] if positional else kwargs.get("mask")
     if mask is not None:
         mask = mask.index_select(-1, plan.index)
         if mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -torch.inf)
+        if mask.dim() == 2:
+            mask = mask.unsqueeze(0)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)
         bias = mask + bias
     if positional:
         return (args[0], bias, *args[2:]), kwargs
@@ -264,8 +271,9 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
 
 class _FunctionSwap:
     """ToDo's wrapper in place of a module-level function, for one attach. `remove()` puts the previous function
-    back where ToDo's is still the name's value; where another extension wrapped it since, ToDo's wrapper stays in
-    their chain, switched off (its state is inactive), and a later attach unlinks it."""
+    back where ToDo's is still the name's value, and with it any switched-off ToDo wrapper that was under it (an
+    attach of another model of the family, removed first); where another extension wrapped it since, ToDo's wrapper
+    stays in their chain, switched off (its state is inactive), and a later attach unlinks it."""
 
     def __init__(self, home: ModuleType, name: str, state: _DiTState):
         self.home, self.name = home, name
@@ -276,6 +284,7 @@ class _FunctionSwap:
     def remove(self) -> None:
         if getattr(self.home, self.name, None) is self.wrapper:
             setattr(self.home, self.name, self.wrapper.previous)
+            _unlink_inactive(self.home, self.name)
 
 
 def _unlink_inactive(home: ModuleType, name: str) -> None:

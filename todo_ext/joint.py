@@ -177,6 +177,8 @@ def _pooled(tokens: torch.Tensor, plan: JointPlan, sequence_dim: int) -> torch.T
     return torch.cat(parts, dim=-2).movedim(-2, sequence_dim)
 
 
-def proportional_bias(plan: JointPlan, dtype: torch.dtype) -> torch.Tensor:
-    """The additive attention mask (1, 1, 1, kept keys) that weighs each kept key by the tokens it stands for."""
-    return plan.log_counts.to(dtype).view(1, 1, 1, -1)
+def proportional_bias(plan: JointPlan, dtype: torch.dtype, queries: int) -> torch.Tensor:
+    """The additive attention mask that weighs each kept key by the tokens it stands for, as (1, 1, queries, kept
+    keys): an expanded view, no memory per query, whose query dimension survives attention implementations that
+    add the mask query slice by query slice (WebUI Forge's split and sub-quadratic attention take mask[:, i:end])."""
+    return plan.log_counts.to(dtype).view(1, 1, 1, -1).expand(1, 1, queries, -1)

@@ -71,18 +71,71 @@ class PredictionContinuousEDM(nn.Module):
         return math.exp((math.log(self.sigma_max) - log_sigma_min) * (1.0 - percent) + log_sigma_min)
 
 
+def time_snr_shift(alpha, t):
+    """Mirrors Neo's backend/modules/k_prediction.py time_snr_shift."""
+    return t if alpha == 1.0 else alpha * t / (1 + (alpha - 1) * t)
+
+
+class PredictionFlux(nn.Module):
+    """Mirrors Neo's backend/modules/k_prediction.py PredictionFlux (Flux, Chroma): sigma in (0, 1] is the model's
+    timestep, the sigmas an exponential time shift by `mu`, and `percent_to_sigma(p)` = 1 - p."""
+
+    def __init__(self, mu=1.15, pseudo_timestep_range=10000):
+        super().__init__()
+        t = torch.arange(1, pseudo_timestep_range + 1, dtype=torch.float64) / pseudo_timestep_range
+        self.register_buffer("sigmas", (math.exp(mu) / (math.exp(mu) + (1 / t - 1))).float())
+
+    def timestep(self, sigma):
+        return sigma
+
+    def sigma(self, timestep):
+        return timestep
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return 1.0 - percent
+
+
+class PredictionDiscreteFlow(nn.Module):
+    """Mirrors Neo's backend/modules/k_prediction.py PredictionDiscreteFlow (Lumina 2, Z-Image, Qwen-Image, Wan):
+    timestep = 1000 * sigma, and the schedule's progress shifted by `shift` (`percent_to_sigma(p)` =
+    time_snr_shift(shift, 1 - p), so sigma 0.75 is halfway at shift 3)."""
+
+    def __init__(self, shift=3.0, multiplier=1000, timesteps=1000):
+        super().__init__()
+        self.shift, self.multiplier = shift, multiplier
+        self.register_buffer("sigmas", self.sigma(torch.arange(1, timesteps + 1) / timesteps * multiplier))
+
+    def timestep(self, sigma):
+        return sigma * self.multiplier
+
+    def sigma(self, timestep):
+        return time_snr_shift(self.shift, timestep / self.multiplier)
+
+    def percent_to_sigma(self, percent):
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return time_snr_shift(self.shift, 1.0 - percent)
+
+
 class KModel(nn.Module):
     """Mirrors backend/modules/k_model.py KModel: `diffusion_model`, `predictor`, and `apply_model`, which hands
-    the U-Net `predictor.timestep(sigma)` (the input/output scaling is left out: ToDo never sees it)."""
+    the model `predictor.timestep(sigma)` and the other conditions (Flux's `y`, ...) as keywords (the input/output
+    scaling is left out: ToDo never sees it)."""
 
     def __init__(self, diffusion_model, predictor=None):
         super().__init__()
         self.diffusion_model = diffusion_model
         self.predictor = predictor or Prediction()
 
-    def apply_model(self, x, sigma, context, transformer_options):
+    def apply_model(self, x, sigma, context, transformer_options, **extra_conds):
         timestep = self.predictor.timestep(sigma).float()
-        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options)
+        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options, **extra_conds)
 
 
 class BaseModel(nn.Module):
@@ -283,12 +336,14 @@ def _forge_layout(unet: nn.Module) -> Iterator[None]:
             del transformer.forward
 
 
-def forge_unet_call(unet, x, timestep, context, transformer_options):
-    """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward)."""
+def forge_unet_call(unet, x, timestep, context, transformer_options, **extra_conds):
+    """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward); a
+    diffusion transformer (Flux, SD3, ...) runs its own forward, called as KModel.apply_model calls it: context,
+    transformer_options and the other conditions as keywords."""
     transformer_options["original_shape"] = list(x.shape)
     transformer_options["transformer_index"] = 0
-    if not hasattr(unet, "input_blocks"):  # Flux, SD3: their own forward (backend/nn/flux.py, mmditx.py)
-        return unet(x, timestep, context, transformer_options=transformer_options)
+    if not hasattr(unet, "input_blocks"):
+        return unet(x, timestep, context=context, transformer_options=transformer_options, **extra_conds)
     _options_of_call.append(transformer_options)
     try:
         with _forge_layout(unet):
@@ -297,10 +352,11 @@ def forge_unet_call(unet, x, timestep, context, transformer_options):
         _options_of_call.pop()
 
 
-def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), model_options=None):
+def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), model_options=None, **extra_conds):
     """Mirrors backend/sampling/sampling_function.py calc_cond_uncond_batch's transformer_options: a copy of the
     patcher's, plus `cond_or_uncond` and `sigmas` (the k-diffusion sigma of each batch entry); a
-    `model_function_wrapper` gets apply_model and the call's arguments, as there."""
+    `model_function_wrapper` gets apply_model and the call's arguments, as there. `extra_conds` are the model's
+    other conditions (Flux's `y`)."""
     model_options = patcher.model_options if model_options is None else model_options
     transformer_options = model_options["transformer_options"].copy()
     transformer_options["cond_or_uncond"] = list(cond_or_uncond)
@@ -308,9 +364,10 @@ def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), mode
     if "model_function_wrapper" in model_options:  # Neo's Spectrum (set_model_unet_function_wrapper)
         return model_options["model_function_wrapper"](
             lambda input_x, timestep_, **c: patcher.model.apply_model(input_x, timestep_, **c),
-            {"input": x, "timestep": sigma, "c": {"context": context, "transformer_options": transformer_options},
+            {"input": x, "timestep": sigma,
+             "c": {"context": context, "transformer_options": transformer_options, **extra_conds},
              "cond_or_uncond": list(cond_or_uncond)})
-    return patcher.model.apply_model(x, sigma, context, transformer_options)
+    return patcher.model.apply_model(x, sigma, context, transformer_options, **extra_conds)
 
 
 def sigma_at_timestep(sd_model, timestep):

@@ -175,3 +175,38 @@ def test_a_clone_that_drops_model_options_keeps_the_other_patches(job, unet):
     options = job.seen[0].options["transformer_options"]
     assert options["patches_replace"]["attn2"][("input", 1, 0)] is forge_host.pag_attention
     assert len(job.seen[0].patches) == 1 and "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls" in processed.infotexts[0]
+
+
+@pytest.mark.usefixtures("attention_functions")
+def test_a_dit_job_writes_its_joint_attention_into_the_kv_line(job):
+    """Chroma (tests/dit_stub) in Forge's engine: the glue attaches through its attention function on every pass,
+    the step window comes from the Flux schedule (start 0.5 = sigma 0.5), and each pass's K/V line names the image
+    grid and the text kept; the job's end takes ToDo's wrapper off the module function."""
+    from dit_stub import neo_chroma, neo_flux
+    from modules import script_callbacks
+
+    original = neo_flux.attention_function
+    torch.manual_seed(0)
+    model = forge_host.ForgeDiffusionEngine(
+        neo_chroma.IntegratedChromaTransformer2DModel().eval(),
+        model_class=lambda chroma: forge_host.KModel(chroma, forge_host.PredictionFlux()))
+    text = torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(3))
+
+    def sample(p, x):
+        for step, sigma in enumerate((0.9, 0.4)):
+            sigmas = torch.tensor([sigma])
+            script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(
+                x, None, sigmas, step, 2, text, text, types.SimpleNamespace(p=p)))
+            with torch.no_grad():
+                x = forge_host.calc_cond_uncond_batch(p.sd_model.forge_objects.unet, x, sigmas, text)
+        return x
+
+    _, processed = job.run(ToDoArgs(enabled=True, start=0.5), model=model, sample=sample, width=80, height=64,
+                           enable_hr=True)
+    infotext = processed.infotexts[0]
+    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}: img 4x5->2x3 (2x) + 8 text kept in 2 calls; 2 calls outside the step " \
+           "window" in infotext
+    assert f"{INFOTEXT_HIRES_KV_KEY}: img 8x10->4x5 (2x) + 8 text kept in 2 calls; 2 calls outside the step " \
+           "window" in infotext
+    assert INFOTEXT_NOTE_KEY not in infotext
+    assert neo_flux.attention_function is original
