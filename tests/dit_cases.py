@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 import torch
-from dit_stub import (
+from torch import nn
+
+from todo_ext.bench.dit_stub import (
     a1111_mmdit,
     a1111_other_impls,
     forge_attention,
@@ -30,7 +32,6 @@ from dit_stub import (
     neo_qwen,
     neo_wan,
 )
-from torch import nn
 
 ATTENTION_NAMES = {
     neo_attention: "attention_function",

@@ -19,10 +19,10 @@ from dit_cases import (
     wan,
     zimage,
 )
-from dit_stub import forge_attention, forge_flux
 
 import todo_ext
 from todo_ext import dit, joint
+from todo_ext.bench.dit_stub import forge_attention, forge_flux
 
 pytestmark = pytest.mark.usefixtures("attention_functions")
 

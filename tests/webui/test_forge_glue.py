@@ -182,8 +182,9 @@ def test_a_dit_job_writes_its_joint_attention_into_the_kv_line(job):
     """Chroma (tests/dit_stub) in Forge's engine: the glue attaches through its attention function on every pass,
     the step window comes from the Flux schedule (start 0.5 = sigma 0.5), and each pass's K/V line names the image
     grid and the text kept; the job's end takes ToDo's wrapper off the module function."""
-    from dit_stub import neo_chroma, neo_flux
     from modules import script_callbacks
+
+    from todo_ext.bench.dit_stub import neo_chroma, neo_flux
 
     original = neo_flux.attention_function
     torch.manual_seed(0)
