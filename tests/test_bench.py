@@ -22,7 +22,8 @@ def bench_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     bench_cli.main([
         "--width", "32", "--sizes", ",".join(map(str, SIZES)), "--configs", ",".join(CONFIGS[1:]),
-        "--repeats", "2", "--fidelity-grids", "16", "--threads", "1", "--quiet-wait", "0", "--out", str(out),
+        "--repeats", "2", "--fidelity-grids", "16", "--threads", "1", "--quiet-wait", "0", "--no-dit",
+        "--out", str(out),
     ])
     return out
 
@@ -128,7 +129,7 @@ def equal_quality_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("equal-quality")
     bench_cli.main([
         "--equal-quality", "--width", "32", "--sizes", "128", "--repeats", "1", "--no-warmup", "--no-fidelity",
-        "--threads", "1", "--quiet-wait", "0", "--out", str(out),
+        "--threads", "1", "--quiet-wait", "0", "--no-dit", "--out", str(out),
     ])
     return out
 

@@ -1,9 +1,12 @@
-"""`python -m todo_ext.bench`: U-Net step benchmark (baseline vs ToDo vs ToMe) and the attention fidelity proxy.
+"""`python -m todo_ext.bench`: U-Net and DiT step benchmarks (baseline vs ToDo, and ToMe on U-Nets) and the attention
+fidelity proxies.
 
 The quick default (SD1.5 at 512 and 1024 px, a subset of configurations, 2 rounds) takes about five minutes on two
 CPU cores; --full runs every configuration on SD1.5 and SDXL at 512 to 2048 px, which is meant for a GPU (on a CPU
 an SD1.5 step at 2048 px alone takes minutes). --equal-quality times several ratios of ToDo and ToMe on SD1.5 at
-1024 and 1536 px and gives each the fidelity proxy's error at that size, for speed at equal quality.
+1024 and 1536 px and gives each the fidelity proxy's error at that size, for speed at equal quality. The DiT rows
+(full-width Flux blocks at 1024 px in the quick default; Flux and Z-Image at 1024, 1536 and 2048 px with --full or
+--dit-sizes) come with the attention share and bound of each, and the joint-attention proxy with them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from todo_ext.bench import fidelity, report, runner
+from todo_ext.bench import dit_bench, dit_fidelity, fidelity, report, runner
 from todo_ext.bench.models import FULL_WIDTH, LATENT_SCALE
 
 QUICK_PLAN = (
@@ -32,6 +35,9 @@ EQUAL_QUALITY_SIZES = (1024, 1536)
 FULL_MODELS = ("sd15", "sdxl")
 QUICK_FIDELITY_GRIDS = (64, 128, 192)
 FULL_FIDELITY_GRIDS = (64, 128, 192, 256)
+QUICK_DIT_PLAN = (("flux",), (1024,), ("baseline", "todo-0.75"))
+FULL_DIT_PLAN = (("flux", "zimage"), (1024, 1536, 2048), tuple(dit_bench.CONFIGS))
+DIT_FIDELITY_GRIDS = (32, 64)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,7 +61,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=FULL_WIDTH, help="U-Net model_channels (320 = real SD)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--fidelity-grids", help="comma-separated token grid sides for the fidelity proxy")
-    parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity proxy")
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the fidelity proxies")
+    parser.add_argument("--dit-models", help="comma-separated DiTs: " + ", ".join(dit_bench.MODELS))
+    parser.add_argument("--dit-sizes", help="comma-separated DiT image sizes in px")
+    parser.add_argument("--dit-configs", help="comma-separated DiT configurations: " + ", ".join(dit_bench.CONFIGS))
+    parser.add_argument("--no-dit", action="store_true", help="skip the DiT rows and the joint-attention proxy")
+    parser.add_argument("--no-unet", action="store_true", help="skip the U-Net rows and the U-Net proxy")
     parser.add_argument("--no-timing", action="store_true", help="skip the step benchmark")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
     return parser.parse_args(argv)
@@ -188,15 +199,57 @@ def run_fidelity(args: argparse.Namespace) -> None:
     print(table)
 
 
+def run_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
+    """The DiT rows and the joint-attention proxy (dit-results.md/.json, dit-fidelity.md/.json)."""
+    models, sizes, configs = FULL_DIT_PLAN if args.full else QUICK_DIT_PLAN
+    models = _csv(args.dit_models) if args.dit_models else models
+    sizes = _csv(args.dit_sizes, int) if args.dit_sizes else sizes
+    configs = _csv(args.dit_configs) if args.dit_configs else configs
+    unknown = sorted((set(models) - set(dit_bench.MODELS)) | (set(configs) - set(dit_bench.CONFIGS)))
+    if unknown:
+        raise SystemExit(f"unknown DiT model or configuration {unknown[0]!r}")
+    configs = configs if "baseline" in configs else ("baseline", *configs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.no_timing:
+        repeats = args.repeats or (3 if args.full else 2)
+        warmup = not args.no_warmup
+        total = len(models) * len(sizes) * len(configs) * (repeats + warmup)
+        with _progress_bar(total, "DiT steps") as bar:
+            def progress(model, size, config, timed):
+                bar.set_postfix_str(f"{model} {size}px {config}{'' if timed else ' (warm-up)'}")
+                bar.update()
+
+            measurements = dit_bench.run(models, sizes, configs, repeats=repeats, device=device, dtype=dtype,
+                                         warmup=warmup, quiet_wait_s=args.quiet_wait, progress=progress)
+        other = max(m.other_cpu_share for m in measurements)
+        header = (f"Machine: {_machine(device)}; {device} {str(dtype).removeprefix('torch.')}, torch "
+                  f"{torch.__version__}, {torch.get_num_threads()} threads, batch 1, median of {repeats} rounds. "
+                  f"Other processes used up to {other:.0%} of the CPU during a timed call.\n\n")
+        table = header + dit_bench.markdown_table(measurements)
+        (args.out / "dit-results.md").write_text(table)
+        (args.out / "dit-results.json").write_text(json.dumps(
+            [{**m.__dict__, "attention_calls": None} for m in measurements], indent=2) + "\n")
+        print(table)
+    if not args.no_fidelity:
+        rows = dit_fidelity.measure(DIT_FIDELITY_GRIDS)
+        table = dit_fidelity.markdown_table(rows)
+        (args.out / "dit-fidelity.md").write_text(table)
+        (args.out / "dit-fidelity.json").write_text(json.dumps([row.__dict__ for row in rows], indent=2) + "\n")
+        print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
     device, dtype = _device(args.device)
     started = time.perf_counter()
-    if not args.no_timing:
-        run_timing(args, device, dtype)
-    if not args.no_fidelity:
-        run_fidelity(args)
+    if not args.no_unet:
+        if not args.no_timing:
+            run_timing(args, device, dtype)
+        if not args.no_fidelity:
+            run_fidelity(args)
+    if not args.no_dit:
+        run_dit(args, device, dtype)
     print(f"Done in {time.perf_counter() - started:.0f} s; results in {args.out}/")
 
 

@@ -169,7 +169,7 @@ def measure(grids: tuple[int, ...] = (32, 64), images: tuple[str, ...] = IMAGES,
                 for method in methods if reference is None else methods[:1]:
                     plan = joint_plan(layout, factor, method, q.device)
                     kept_k, kept_v = reduce_keys_values(k, v, plan, 2)
-                    bias = proportional_bias(plan, q.dtype)
+                    bias = proportional_bias(plan, q.dtype, q.shape[2])
                     variants = {"proportional": bias} if reference else {"plain": None, "proportional": bias}
                     for variant, mask in variants.items():
                         output = F.scaled_dot_product_attention(q, kept_k, kept_v, attn_mask=mask)
@@ -180,7 +180,7 @@ def measure(grids: tuple[int, ...] = (32, 64), images: tuple[str, ...] = IMAGES,
                     index = _random_plan_index(layout, plan.kv_tokens - TEXT_TOKENS, generator)
                     kept_k, kept_v = k.index_select(2, index), v.index_select(2, index)
                     for variant, mask in (("random drop", None),
-                                          ("random drop, proportional", proportional_bias(plan, q.dtype))):
+                                          ("random drop, proportional", proportional_bias(plan, q.dtype, q.shape[2]))):
                         output = F.scaled_dot_product_attention(q, kept_k, kept_v, attn_mask=mask)
                         add((regime, variant, "random", factor, grid), plan.kv_tokens, output, exact, image,
                             text_share)
