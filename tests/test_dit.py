@@ -483,3 +483,25 @@ def test_a_step_under_inference_mode_then_one_recording_gradients(monkeypatch):
     out.sum().backward()
     assert x.grad is not None and torch.allclose(out.detach(), sampled, atol=1e-6)
     assert handle.record.downsampled == 2 * len(case.model.transformer_blocks)
+
+
+def test_a_host_function_that_takes_no_mask_gets_the_kept_keys_without_the_bias(monkeypatch):
+    """Neo's flash-attn path (backend/attention.py attention_flash) asserts there is no mask: ToDo hands it the kept
+    keys and values alone (a mask would fail the assert below, outside ToDo's guard), so the user keeps the
+    kernel."""
+    case = BUILDERS["flux"]()
+    host_function = getattr(case.home, case.function)
+    seen = []
+
+    def attention_flash(q, k, v, heads, mask=None, **kwargs):
+        assert mask is None, "flash-attn takes no mask"
+        seen.append((q, k, v))
+        return host_function(q, k, v, heads, mask=None, **kwargs)
+
+    monkeypatch.setattr(case.home, case.function, attention_flash)
+    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
+    case.run()
+    assert handle.record.downsampled == len(seen) == 2 and not handle.record.aside
+    [(text, _)] = case.segments
+    for q, k, v in seen:
+        assert k.shape[2] == v.shape[2] == text + math.prod(reduced_grid(case.grid, 2)) < q.shape[2]

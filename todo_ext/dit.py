@@ -198,8 +198,14 @@ class _DiTState(PassState):
         return next((layout for shape in self.shapes if (layout := shape.layout_for(tokens)) is not None), None)
 
 
-def _reduced_arguments(state: _DiTState, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: tuple,
-                       kwargs: dict) -> tuple | None:
+MASKLESS_FUNCTIONS = ("attention_flash",)
+"""Host attention functions that take no mask: Neo's flash-attn path asserts there is none (and falls back to SDPA
+after printing the error). ToDo hands them the kept keys and values without the proportional bias rather than
+cost the user the kernel they chose."""
+
+
+def _reduced_arguments(state: _DiTState, previous: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       args: tuple, kwargs: dict) -> tuple | None:
     """For one joint attention call: the kept text and downsampled image keys and values, and the call's mask
     with the proportional bias added; None to leave the call exact. Every query stays."""
     sequence_dim = 2 if kwargs.get("skip_reshape") else 1
@@ -226,7 +232,13 @@ def _reduced_arguments(state: _DiTState, q: torch.Tensor, k: torch.Tensor, v: to
         return None
     plan = joint_plan(layout, factor, state.config.method, k.device)
     k, v = reduce_keys_values(k, v, plan, sequence_dim)
+    if getattr(previous, "__name__", None) in MASKLESS_FUNCTIONS and _mask_of(args, kwargs) is None:
+        return k, v, args, kwargs
     return (k, v, *_with_mask(args, kwargs, plan, q.dtype, q.shape[sequence_dim]))
+
+
+def _mask_of(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    return args[1] if len(args) > 1 else kwargs.get("mask")
 
 
 def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries: int) -> tuple[tuple, dict]:
@@ -236,7 +248,7 @@ def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries
     rather than shifting its batch into the heads."""
     bias = proportional_bias(plan, dtype, queries)
     positional = len(args) > 1
-    mask = args[1] if positional else kwargs.get("mask")
+    mask = _mask_of(args, kwargs)
     if mask is not None:
         mask = mask.index_select(-1, plan.index)
         if mask.dtype == torch.bool:
@@ -255,7 +267,7 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
     def todo_attention(q, k, v, *args, **kwargs):
         if state.active and state.running:
             try:
-                reduced = _reduced_arguments(state, q, k, v, args, kwargs)
+                reduced = _reduced_arguments(state, previous, q, k, v, args, kwargs)
             except Exception:
                 state.fail_over()
                 reduced = None
