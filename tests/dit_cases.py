@@ -74,7 +74,7 @@ class Case:
 
     def run(self, model: nn.Module | None = None) -> torch.Tensor:
         with torch.no_grad(), references(self.references):
-            return (model or self.model)(*self.args, **self.kwargs)
+            return (self.model if model is None else model)(*self.args, **self.kwargs)
 
     def joint_layout(self, tokens: int) -> tuple[int, int] | None:
         """(before, after) of a joint sequence of `tokens` keys; None for a call that is no joint attention."""

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import MAX_DEPTH, ToDoConfig
 from .joint import JointLayout, Segment, joint_plan, proportional_bias, reduce_keys_values, reduced_grid
-from .patch import PassState, ToDoHandle, UnsupportedModelError, _ToDoHook, remove_hooks
+from .patch import PassState, ToDoHandle, UnsupportedModelError, _ToDoHook, compiling, refuse_compiled, remove_hooks
 
 WRAPPER_FLAG = "is_todo_wrapper"
 
@@ -265,7 +265,7 @@ def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries
 
 def _wrapper(state: _DiTState, previous: Callable) -> Callable:
     def todo_attention(q, k, v, *args, **kwargs):
-        if state.active and state.running:
+        if state.active and state.running and not compiling():
             try:
                 reduced = _reduced_arguments(state, previous, q, k, v, args, kwargs)
             except Exception:
@@ -354,6 +354,7 @@ def apply_dit(model: nn.Module, config: ToDoConfig, warned: set[str],
     if family is None:
         raise UnsupportedModelError(f"ToDo: {type(model).__name__} is neither an ldm/sgm U-Net nor a diffusion "
                                     "transformer ToDo knows")
+    refuse_compiled(model)
     remove_dit(model)
     remove_hooks(model)
     blocks = family.blocks(model)

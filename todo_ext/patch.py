@@ -172,8 +172,27 @@ def _projection_replaced(attn: nn.Module) -> bool:
     return False
 
 
+def compiling() -> bool:
+    """Whether torch.compile is tracing this code into a graph. ToDo stays out of compiled graphs: a graph that kept
+    ToDo's Python decisions would freeze one job's settings (or ToDo itself, after removal) into every later call,
+    and its per-call record would not run. So under tracing every hook, patch and wrapper passes through, the graph
+    is the model's own, and the pass records no call of ToDo's, which the job's note then says."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
+def refuse_compiled(model: nn.Module) -> None:
+    """Raise UnsupportedModelError for a model that torch.compile has compiled (`torch.compile(model)`, which marks
+    the module and returns an OptimizedModule, or `model.compile()`): its graph would never run ToDo's hooks."""
+    if (type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None
+            or getattr(model, "_is_torch_compile", False)):
+        raise UnsupportedModelError(f"ToDo: {type(model).__name__} runs compiled by torch.compile, and ToDo does not "
+                                    "act inside compiled graphs")
+
+
 class _ToDoHook:
-    """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads."""
+    """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads; it does
+    nothing while torch.compile traces it (see `compiling`)."""
 
     is_todo_hook = True
 
@@ -181,6 +200,8 @@ class _ToDoHook:
         self.function = function
 
     def __call__(self, *args: Any) -> Any:
+        if compiling():
+            return None
         return self.function(*args)
 
 
@@ -444,6 +465,7 @@ def is_unet(model: nn.Module) -> bool:
 def apply_unet(unet: nn.Module, config: ToDoConfig, warned: set[str]) -> ToDoHandle:
     """Hook ToDo into an ldm/sgm U-Net (replacing earlier ToDo settings); the step window is read from the U-Net's
     timestep at each call unless the caller decides it per step (`handle.begin_step`)."""
+    refuse_compiled(unet)
     sites = self_attention_sites(unet)
     levels = tuple(sorted({site.level for site in sites}))
     remove_hooks(unet)

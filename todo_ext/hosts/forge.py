@@ -31,10 +31,12 @@ from ..patch import (
     PassState,
     ToDoHandle,
     UnsupportedModelError,
+    compiling,
     hook_unet,
     is_unet,
     kv_context,
     progress_of_timestep,
+    refuse_compiled,
     remove_hooks,
     self_attention_sites,
     touched_sites,
@@ -107,7 +109,9 @@ def _make_patch(state: PassState, sites: list[AttentionSite]) -> Callable:
     site_of_block = {site.name: site for site in sites}
 
     def todo_attn1_patch(n, context, value, extra_options):
-        site = site_of_block.get(tuple(extra_options.get("block") or ())[:2]) if state.active else None
+        if compiling() or not state.active:
+            return n, context, value
+        site = site_of_block.get(tuple(extra_options.get("block") or ())[:2])
         if site is None:
             return n, context, value
         state.record.calls += 1
@@ -135,6 +139,7 @@ def attach(sd_model: Any, config: ToDoConfig, warned: set[str]) -> Attachment:
     if model is None:
         raise UnsupportedModelError(f"ToDo: {type(sd_model).__name__} has no torch diffusion model")
     in_window = _sigma_window(config, _noise_schedule(patcher))
+    refuse_compiled(model)
     if not is_unet(model):
         handle = apply_dit(model, config, warned, _window_of_call(in_window))
         return Attachment(handle, lambda sigma, _denoiser: in_window(sigma), lambda now: model_of(now) is model)
