@@ -1,5 +1,7 @@
-"""ToDo on the diffusion transformers of a live host (Forge Neo with the random-weight Chroma, Flux.1-dev and
-Z-Image checkpoints of ../shared/live-host/setup-neo-dit.sh; Forge's Flux; A1111's SD3).
+"""ToDo on the diffusion transformers of a live host: Forge Neo with the random-weight Chroma, Flux.1-dev and
+Z-Image checkpoints of ../shared/live-host/setup-neo-dit.sh; WebUI Forge with the random Flux.1-dev, Chroma and
+SD3.5 Medium of make_random_forge_dit.py; A1111 with the random SD3 Medium of make_random_a1111_sd3.py (their
+docstrings say what each host reads and what they set up or patch beside the checkpoint).
 
 Set WEBUI_URL as for test_webui_e2e.py. The DiT checkpoints are the host's models whose names contain chroma, flux,
 zimage, qwen, wan or sd3, or those WEBUI_DIT_MODELS names (comma-separated); each request selects its model with
