@@ -67,6 +67,11 @@ def test_todo_rows_record_what_the_engine_did_and_stand_beside_their_bound(dit_o
     assert rows[("flux", 256, "baseline")]["record"] is None
 
 
+def test_the_bias_cost_table_times_the_three_ways_on_the_reduced_call(dit_output):
+    table = (dit_output / "dit-results.md").read_text()
+    assert "| 128px | 576 | 528 |" in table and "| 256px | 768 | 576 |" in table, "512 text + the image at 2x"
+
+
 def test_the_bound_comes_from_each_attention_calls_kept_keys():
     """Two calls of 1 s in a 4 s baseline step; ToDo keeps a quarter of the first call's keys and all of the
     second's: the bound is 4 / (4 - 2 + 0.25 + 1)."""

@@ -225,7 +225,9 @@ def run_dit(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) 
         header = (f"Machine: {_machine(device)}; {device} {str(dtype).removeprefix('torch.')}, torch "
                   f"{torch.__version__}, {torch.get_num_threads()} threads, batch 1, median of {repeats} rounds. "
                   f"Other processes used up to {other:.0%} of the CPU during a timed call.\n\n")
-        table = header + dit_bench.markdown_table(measurements)
+        costs = dit_bench.bias_costs(sizes, device, dtype)
+        table = (header + dit_bench.markdown_table(measurements) + "\nThe proportional bias in one reduced Flux "
+                 "attention call:\n\n" + dit_bench.bias_cost_table(costs))
         (args.out / "dit-results.md").write_text(table)
         (args.out / "dit-results.json").write_text(json.dumps(
             [{**m.__dict__, "attention_calls": None} for m in measurements], indent=2) + "\n")

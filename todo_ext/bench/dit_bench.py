@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import todo_ext
@@ -233,4 +234,57 @@ def markdown_table(measurements: list[DiTMeasurement]) -> str:
         lines.append(f"| {m.model} | {m.size}px | {m.config} | {d['step_s']:.2f} | {d['speedup']:.2f}x | {memory} | "
                      f"{d['attention_share']:.1%} | {d['kv_fraction']:.1%} | {d['bound']:.2f}x | {of_bound} | "
                      f"{d['attention_speedup']:.2f}x | {m.record or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def bias_costs(sizes: tuple[int, ...], device: torch.device, dtype: torch.dtype,
+               repeats: int = 3) -> list[dict[str, float]]:
+    """What carrying the proportional bias costs one reduced Flux attention call (24 heads of 128, 512 text tokens,
+    the image at 2x), against the same call without it: as the additive mask ToDo passes, and as the alternative,
+    a constant extra channel in Q and K (the head padded to 136 so kernels keep their alignment)."""
+    heads, head_dim, text, pad = 24, 128, 512, 8
+    rows = []
+    for size in sizes:
+        side = -(-(size // PIXELS_PER_LATENT) // PATCH)
+        queries, keys = text + side * side, text + (-(-side // 2)) ** 2
+        generator = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, heads, n, head_dim, generator=generator).to(device, dtype)
+                   for n in (queries, keys, keys))
+        bias = torch.zeros(1, 1, 1, keys, device=device, dtype=dtype)
+        bias[..., text:] = 1.386
+        extra_q = torch.cat([q, torch.ones_like(q[..., :1]), torch.zeros_like(q[..., : pad - 1])], dim=-1)
+        extra_k = torch.cat([k, (bias * head_dim**0.5).transpose(-1, -2).expand(1, heads, keys, 1),
+                             torch.zeros_like(k[..., : pad - 1])], dim=-1)
+        extra_v = torch.cat([v, torch.zeros_like(v[..., :pad])], dim=-1)
+        seconds = {
+            "no bias": _sdpa_seconds(device, repeats, q, k, v),
+            "mask": _sdpa_seconds(device, repeats, q, k, v, attn_mask=bias.expand(1, 1, queries, keys)),
+            "extra channel": _sdpa_seconds(device, repeats, extra_q, extra_k, extra_v, scale=head_dim**-0.5),
+        }
+        rows.append({"size": size, "queries": queries, "keys": keys, **seconds})
+    return rows
+
+
+def _sdpa_seconds(device: torch.device, repeats: int, *args: torch.Tensor, **kwargs: Any) -> float:
+    """Median seconds of one scaled_dot_product_attention call after a warm-up (synchronised on CUDA)."""
+    times = []
+    with torch.inference_mode():
+        for index in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            F.scaled_dot_product_attention(*args, **kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index:
+                times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bias_cost_table(rows: list[dict[str, float]]) -> str:
+    lines = ["| Size | Queries | Kept keys | No bias (s) | Mask (s) | Extra channel (s) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['size']}px | {row['queries']} | {row['keys']} | {row['no bias']:.3f} | "
+                     f"{row['mask']:.3f} (+{row['mask'] / row['no bias'] - 1:.0%}) | {row['extra channel']:.3f} "
+                     f"(+{row['extra channel'] / row['no bias'] - 1:.0%}) |")
     return "\n".join(lines) + "\n"
