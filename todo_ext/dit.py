@@ -215,11 +215,7 @@ def _reduced_arguments(state: _DiTState, previous: Callable, q: torch.Tensor, k:
     if depth > state.config.max_depth:
         return None
     state.record.calls += 1
-    if state.unreadable_call:
-        state.step_aside("error")
-        return None
-    if not state.in_window:
-        state.record.outside_window += 1
+    if state.sits_out():
         return None
     layout = state.layout_for(k.shape[sequence_dim])
     if layout is None:

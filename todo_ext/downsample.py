@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +33,21 @@ def gather_index(grid: tuple[int, int], factor: float, method: str, device: torc
     Built outside inference mode: an index made while the host samples under torch.inference_mode would fail a
     later call that records gradients (an extension with trainable modules in the U-Net, such as LLLite).
     """
-    key = (grid, factor, method, device)
-    index = _index_cache.get(key)
-    if index is None:
+    return cached(_index_cache, _INDEX_CACHE_LIMIT, (grid, factor, method, device),
+                  lambda: _new_index(grid, factor, method, device))
+
+
+def cached(cache: dict, limit: int, key: tuple, build: Callable[[], Any]) -> Any:
+    """`cache[key]`, built on first use outside inference mode (tensors made under the host's inference mode would
+    fail a later call that records gradients); the cache starts over once it holds `limit` entries."""
+    value = cache.get(key)
+    if value is None:
         with torch.inference_mode(False):
-            index = _new_index(grid, factor, method, device)
-        if len(_index_cache) >= _INDEX_CACHE_LIMIT:
-            _index_cache.clear()
-        _index_cache[key] = index
-    return index
+            value = build()
+        if len(cache) >= limit:
+            cache.clear()
+        cache[key] = value
+    return value
 
 
 def _new_index(grid: tuple[int, int], factor: float, method: str, device: torch.device) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .downsample import kv_grid
+from .downsample import cached, kv_grid
 
 Grid = tuple[int, ...]
 """A token grid: (height, width) for an image, (frames, height, width) for a video, row-major in the sequence."""
@@ -123,15 +123,8 @@ _PLAN_CACHE_LIMIT = 64
 def joint_plan(layout: JointLayout, factor: float, method: str, device: torch.device) -> JointPlan:
     """The plan for a layout, cached per (layout, factor, method, device); built outside inference mode so that a
     later call that records gradients can use it."""
-    key = (layout, factor, method, device)
-    plan = _plan_cache.get(key)
-    if plan is None:
-        with torch.inference_mode(False):
-            plan = _new_plan(layout, factor, method, device)
-        if len(_plan_cache) >= _PLAN_CACHE_LIMIT:
-            _plan_cache.clear()
-        _plan_cache[key] = plan
-    return plan
+    return cached(_plan_cache, _PLAN_CACHE_LIMIT, (layout, factor, method, device),
+                  lambda: _new_plan(layout, factor, method, device))
 
 
 def _new_plan(layout: JointLayout, factor: float, method: str, device: torch.device) -> JointPlan:

@@ -277,6 +277,17 @@ class PassState:
             self.warn_once("no-timestep", "the sampler told no timestep or sigma; the step window is ignored")
         self.in_window = in_window is not False
 
+    def sits_out(self) -> bool:
+        """Whether this attention call stays exact for a reason of its whole U-Net call (the input unreadable, the
+        step outside the window), counted as such."""
+        if self.unreadable_call:
+            self.step_aside("error")
+            return True
+        if not self.in_window:
+            self.record.outside_window += 1
+            return True
+        return False
+
     def plan_for(self, level: int, grid: tuple[int, int]) -> LevelPlan:
         """The plan for a layer at `level` that received `grid` (a tile under Tiled Diffusion, the shrunken grid
         under Deep Shrink); Auto sizes it as if the image had that grid."""
@@ -321,11 +332,7 @@ def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int
     ToDo is counted and leaves attention exact. Callers count the call itself (`record.calls`) when it reaches
     them, so a pass whose hooks never ran shows as such.
     """
-    if state.unreadable_call:
-        state.step_aside("error")
-        return None
-    if not state.in_window:
-        state.record.outside_window += 1
+    if state.sits_out():
         return None
     if blocked is not None:
         state.step_aside(blocked)
