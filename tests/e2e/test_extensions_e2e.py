@@ -1,18 +1,22 @@
-"""ToDo beside the WebUI extensions that touch the U-Net, on a live AUTOMATIC1111 WebUI that has them installed
-(ControlNet 56cec5b2, Tiled Diffusion 22798f68, Kohya Hires.fix 05af9874, Regional Prompter be623452; see
-../shared/live-host/README.md, host "a1111-ext").
+"""ToDo beside the extensions that touch the U-Net, on a live host that has them: AUTOMATIC1111 WebUI with the
+sd-webui extensions installed (ControlNet 56cec5b2, Tiled Diffusion 22798f68, Kohya Hires.fix 05af9874, Regional
+Prompter be623452; see ../shared/live-host/README.md, host "a1111-ext"), or a Forge-family host with its built-ins
+(ControlNet Integrated with ControlLLLite, MultiDiffusion Integrated, Kohya HRFix Integrated where the host ships
+it: Forge and reForge, not Neo or Classic).
 
-Set WEBUI_URL to run; skipped otherwise, and each test is skipped where its extension is absent. Standard library
-only, like test_webui_e2e.py, whose helpers it uses. What each extension does to the U-Net is in the comments; the
-checks read what ToDo recorded (its K/V line: every grid its self-attention layers received) rather than a plan.
-Small sizes and 2 steps keep it quick on the tiny-random checkpoint.
+Set WEBUI_URL to run; skipped otherwise, and each test is skipped where its extension is absent. The host is told
+apart as test_webui_e2e.webui_host() does (WEBUI_HOST overrides it). Standard library only, like
+test_webui_e2e.py, whose helpers it uses. What each extension does to the U-Net is in the comments; the checks
+read what ToDo recorded (its K/V line: every grid its self-attention layers received) rather than a plan. Small
+sizes and 2 steps keep it quick on the random checkpoints. A ControlLLLite model for the Forge family:
+make_random_controllllite.py beside this file.
 """
 
 import json
 import re
 
 import pytest
-from test_webui_e2e import BASE, WEBUI_URL, call, kv_entries, pixels, txt2img
+from test_webui_e2e import BASE, WEBUI_URL, call, kv_entries, pixels, png_of, webui_host
 
 from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_NOTE_KEY, ToDoArgs
 
@@ -25,16 +29,16 @@ DEPTH0_LAYERS = 5
 """SD1.5 has 5 self-attention layers at depth 0: input_blocks 1 and 2, output_blocks 9, 10 and 11."""
 
 
-def generate(alwayson, **overrides):
-    """(status, body, image, infotext) of a txt2img request with these always-on scripts."""
-    status, body = call("/sdapi/v1/txt2img", {**SMALL, **overrides, "alwayson_scripts": alwayson})
+def generate(alwayson, mode="txt2img", **overrides):
+    """(status, body, image, infotext) of a txt2img (or img2img) request with these always-on scripts."""
+    status, body = call(f"/sdapi/v1/{mode}", {**SMALL, **overrides, "alwayson_scripts": alwayson})
     if status != 200:
         return status, body, None, None
     return status, body, body["images"][0], json.loads(body["info"])["infotexts"][0]
 
 
-def generated(alwayson, **overrides):
-    status, body, image, infotext = generate(alwayson, **overrides)
+def generated(alwayson, mode="txt2img", **overrides):
+    status, body, image, infotext = generate(alwayson, mode, **overrides)
     assert status == 200, body
     return image, infotext
 
@@ -50,33 +54,55 @@ def depth0_grids(entries):
 
 @pytest.fixture(scope="module")
 def scripts():
+    """The always-on scripts' titles (lower case), per tab."""
     status, body = call("/sdapi/v1/scripts")
     assert status == 200, body
-    return set(body["txt2img"])
+    return {"txt2img": set(body["txt2img"]), "img2img": set(body["img2img"])}
 
 
 def require(scripts, title):
-    if title not in scripts:
-        pytest.skip(f"{title} is not installed on this host")
+    """The tab that has the script: txt2img, else img2img (Forge Classic's MultiDiffusion is img2img only)."""
+    for mode in ("txt2img", "img2img"):
+        if title in scripts[mode]:
+            return mode
+    pytest.skip(f"{title} is not installed on this host")
 
 
 @pytest.fixture(scope="module")
 def controlnet(scripts):
     """ControlNet's models and preprocessors, where it is installed: the sd-webui-controlnet extension, or the
-    built-in "ControlNet Integrated" of Forge, reForge and Forge Classic (sd_forge_controlnet), whose API has the
-    same lists but no /controlnet/version."""
+    built-in "ControlNet Integrated" of the Forge family (sd_forge_controlnet), whose API has the same lists but no
+    /controlnet/version."""
     require(scripts, "controlnet")
     status, modules = call("/controlnet/module_list")
     if status != 200:
         pytest.skip("no ControlNet API on this host")
-    return {"models": call("/controlnet/model_list")[1]["model_list"], "modules": modules["module_list"],
+    modules = modules["module_list"]
+    return {"models": call("/controlnet/model_list")[1]["model_list"], "modules": modules,
+            "no_preprocessor": "None" if "None" in modules else "none",
             "integrated": call("/controlnet/version")[0] != 200}
 
 
 @pytest.fixture(scope="module")
 def hint():
-    """A control image the size of the generated ones (a plain generation: random weights, so it is noise)."""
-    return txt2img(steps=1)[0]
+    """A control image the size of the generated ones: a colour pattern, made here (no generation needed)."""
+    return png_of(SMALL["width"], SMALL["height"])
+
+
+@pytest.fixture(scope="module")
+def lllite(controlnet, hint):
+    """A ControlNet unit of a (ControlNet-)LLLite model for the loaded checkpoint: sd15_lllite_random or
+    sd15_lllite_tiny_random (setup-extensions.sh on A1111, make_random_controllllite.py on the Forge family).
+    Skipped only where the host has none."""
+    status, options = call("/sdapi/v1/options")
+    assert status == 200, options
+    checkpoint = options.get("sd_model_checkpoint") or ""
+    tiny = "tiny" in checkpoint
+    models = [name for name in controlnet["models"] if "lllite" in name.lower() and ("tiny" in name) == tiny]
+    if not models:
+        pytest.skip(f"no ControlNet-LLLite model for {checkpoint or 'the loaded checkpoint'}: {controlnet['models']}"
+                    " (tests/e2e/make_random_controllllite.py makes one)")
+    return {"enabled": True, "module": controlnet["no_preprocessor"], "model": models[0], "image": hint}
 
 
 @pytest.mark.parametrize("module", ["reference_only", "reference_adain+attn"])
@@ -84,7 +110,7 @@ def test_controlnet_reference_modes(controlnet, hint, module):
     """sd-webui-controlnet's reference modes give attn1 an explicit context: x_norm1 itself (the reference's write
     pass) or cat([x_norm1] + bank) (the read pass). ToDo downsamples it set by set and acts.
 
-    The ControlNet Integrated of Forge, reForge and Classic instead replaces attn1 (`set_model_replace_all(attn1_proc,
+    The ControlNet Integrated of the Forge family instead replaces attn1 (`set_model_replace_all(attn1_proc,
     "attn1")`, in every layer of 320 channels and more at weight 1) and runs an extra U-Net call per step to record
     the reference: ToDo steps aside in every depth-0 call, both calls of every step, says why, and leaves the image
     exact."""
@@ -170,35 +196,97 @@ def test_regional_prompter(scripts, mode):
     assert INFOTEXT_FIRST_PASS_KV_KEY not in generated({}, prompt=prompt)[1], "nothing left behind"
 
 
-def test_controlnet_lllite_on_the_layers_it_leaves(controlnet, hint):
-    """ControlNet-LLLite replaces the forward of attn1.to_q/to_k/to_v in input_blocks[1] (this host's random
-    models: depth 0) and concatenates its cond with the full token grid: a downsampled K/V context there failed
-    with 500 "Sizes of tensors must match". ToDo steps aside in those calls, says so, and acts on the rest."""
-    status, options = call("/sdapi/v1/options")
-    assert status == 200, options
-    tiny = "tiny" in options["sd_model_checkpoint"]
-    models = [name for name in controlnet["models"] if "lllite" in name.lower() and ("tiny" in name) == tiny]
-    if not models:
-        pytest.skip(f"no ControlNet-LLLite model for {options['sd_model_checkpoint']}: {controlnet['models']}")
-    unit = {"enabled": True, "module": "none", "model": models[0], "image": hint}
-    status, body, _, infotext = generate({"controlnet": {"args": [unit]}, "ToDo": {"args": TODO_ON}})
-    assert status == 200, body
+LLLITE_CAUSE = {"a1111": ("projection", "another extension replaced a K/V projection of the layer"),
+                "forge": ("kv-split", "another patch changed the layer's keys and values apart"),
+                "reforge": ("kv-split", "another patch changed the layer's keys and values apart"),
+                "classic": ("kv-split", "another patch changed the layer's keys and values apart"),
+                "neo": ("kv-split", "another patch changed the layer's keys and values apart")}
+"""Why ToDo steps aside where LLLite works, per host, as measured live (see the test)."""
+
+
+def run_lllite(lllite):
+    """A job with LLLite and ToDo: (the note's cause, calls stepped aside, K/V entries). The note is the evidence
+    that LLLite ran: only its patch (or its projections on A1111) makes ToDo step aside here."""
+    _, infotext = generated({"controlnet": {"args": [lllite]}, "ToDo": {"args": TODO_ON}})
     note = note_of(infotext)
-    assert note and "replaced a K/V projection" in note, infotext
-    aside = re.search(r"stepped aside in (\d+) self-attention calls? where another extension replaced a K/V "
-                      r"projection", note)
-    assert aside, note
-    entries = kv_entries(infotext)
-    assert depth0_grids(entries) == {(32, 32): (16, 16)}, infotext
+    aside = re.search(r"stepped aside in (\d+) self-attention calls? where (.*?)(?: \(|\"|$)", note or "")
+    assert aside, infotext
+    return aside.group(2), int(aside.group(1)), kv_entries(infotext)
+
+
+def test_controlnet_lllite_on_the_layers_it_leaves(controlnet, lllite):
+    """LLLite changes attn1's queries, keys and values at input_blocks[1] (the random models': one depth-0 layer of
+    five) by a condition sized to the full token grid; a downsampled K/V there failed with 500 "Sizes of tensors
+    must match". ToDo steps aside in those calls, says why, and acts on the other four depth-0 layers.
+
+    A1111's sd-webui-controlnet replaces the forward of the layer's to_q/to_k/to_v: cause `projection`. The Forge
+    family's built-in ControlLLLite is an attn1 patch (the same function also as attn2 patch) that adds its module's
+    output to q, k and v apart; ControlNet's process_before_every_sampling runs before ToDo's, so its patch comes
+    first in the list and hands ToDo keys and values that differ: cause `kv-split` (`later-patch` were the order
+    the other way round)."""
+    cause, words = LLLITE_CAUSE[webui_host()]
+    reason, aside, entries = run_lllite(lllite)
+    assert reason == words, f"{cause}: {reason}"
+    assert depth0_grids(entries) == {(32, 32): (16, 16)}, entries
     acted = sum(entries.values())
-    assert acted == (DEPTH0_LAYERS - 1) * int(aside.group(1)), "every other depth-0 layer, in every call"
+    assert aside > 0 and acted == (DEPTH0_LAYERS - 1) * aside, "every other depth-0 layer, in every call"
 
 
-def test_after_controlnet_lllite_todo_acts_on_every_layer_again(controlnet, hint):
-    """ControlNet restores LLLite's projections after its job (clear_all_lllite: `forward` set back to the
-    original bound method, `lllite_list` emptied). A later job without LLLite has nothing replaced: ToDo acts in
-    every depth-0 call and writes no note."""
+def test_after_controlnet_lllite_todo_acts_on_every_layer_again(controlnet, lllite):
+    """After a job with LLLite, a job without it has nothing replaced or patched: A1111's ControlNet restores the
+    projections after its job (clear_all_lllite: `forward` set back to the original bound method, `lllite_list`
+    emptied), which ToDo must not take for a replacement; the Forge family's patch lived on a clone of the U-Net
+    patcher that the host dropped. ToDo acts in every depth-0 call and writes no note. Runs LLLite itself first."""
+    _, aside, _ = run_lllite(lllite)
+    assert aside > 0, "LLLite ran"
     _, infotext = generated({"ToDo": {"args": TODO_ON}})
     assert INFOTEXT_NOTE_KEY not in infotext, infotext
     entries = kv_entries(infotext)
     assert entries == {(0, (32, 32), (16, 16), 2.0): DEPTH0_LAYERS * SMALL["steps"]}, infotext
+
+
+@pytest.mark.parametrize("method", ["MultiDiffusion", "Mixture of Diffusers"])
+def test_multidiffusion_integrated_grid_is_the_tile(scripts, method):
+    """The Forge family's MultiDiffusion Integrated (sd_forge_multidiffusion) wraps the U-Net function and runs it
+    on batches of latent tiles, sized in pixels: 384 px (a 48x48 latent) in 256 px tiles (32x32) with 128 px
+    overlap (16) is 2x2 tiles, one batch of 4. ToDo's grid is the tile's, never the whole latent's. Forge Classic
+    offers it in img2img only (its show() hides it from txt2img): there the request is an img2img of a pattern."""
+    mode = require(scripts, "multidiffusion integrated")
+    # ui() order on every host: enabled, method, tile width, tile height, tile overlap, tile batch size
+    # (reForge adds SpotDiffusion's shift method, left at its default)
+    tiled = [True, method, 256, 256, 128, 4]
+    extra = {"init_images": [png_of(384, 384)], "denoising_strength": 1.0} if mode == "img2img" else {}
+    image, infotext = generated({"MultiDiffusion Integrated": {"args": tiled}, "ToDo": {"args": TODO_ON}}, mode,
+                                width=384, height=384, **extra)
+    assert "multidiffusion_enabled: True" in infotext and f"multidiffusion_method: {method}" in infotext, infotext
+    assert INFOTEXT_NOTE_KEY not in infotext, infotext
+    entries = kv_entries(infotext)
+    assert depth0_grids(entries) == {(32, 32): (16, 16)}, infotext
+    assert sum(entries.values()) % DEPTH0_LAYERS == 0, infotext
+    without, _ = generated({"MultiDiffusion Integrated": {"args": tiled}}, mode, width=384, height=384, **extra)
+    assert pixels(image) != pixels(without)
+
+
+def test_kohya_hrfix_integrated_shrunken_grids(scripts):
+    """Forge's and reForge's Kohya HRFix Integrated (sd_forge_kohya_hrfix; Neo and Classic do not ship it) resizes
+    the hidden state after input block N (after the skip is stored) by 1/factor while the sigma lies in the window,
+    and an output block patch resizes it back to each skip's size. Block 1, factor 2, window 0 to 0.35: at 256 px
+    (a 32x32 latent) the first step's U-Net call gives input_blocks[2] and output_blocks[9] 16x16 and
+    input_blocks[1], output_blocks[10] and [11] 32x32; the second step (progress about 0.5) is not shrunk. ToDo
+    reads each grid as it is: per shrunken call 2 depth-0 calls at 16x16 and 3 at 32x32, per other call 5 at
+    32x32."""
+    mode = require(scripts, "kohya hrfix integrated")
+    # ui() order: enabled, block number, downscale factor, start percent, end percent, downscale after skip,
+    # downscale method, upscale method
+    shrink = [True, 1, 2.0, 0.0, 0.35, True, "bicubic", "bicubic"]
+    image, infotext = generated({"Kohya HRFix Integrated": {"args": shrink}, "ToDo": {"args": TODO_ON}}, mode)
+    assert "kohya_hrfix_enabled: True" in infotext and "kohya_hrfix_block_number: 1" in infotext, infotext
+    assert INFOTEXT_NOTE_KEY not in infotext, infotext
+    entries = kv_entries(infotext)
+    assert depth0_grids(entries) == {(32, 32): (16, 16), (16, 16): (8, 8)}, infotext
+    shrunken = entries[(0, (16, 16), (8, 8), 2.0)]
+    assert shrunken % 2 == 0, "two shrunken depth-0 layers per shrunken call"
+    plain = entries[(0, (32, 32), (16, 16), 2.0)] - 3 * shrunken // 2
+    assert plain > 0 and plain % DEPTH0_LAYERS == 0, "three full-size layers per shrunken call, five per other"
+    without, _ = generated({"Kohya HRFix Integrated": {"args": shrink}}, mode)
+    assert pixels(image) != pixels(without)
