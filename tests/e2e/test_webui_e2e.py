@@ -5,8 +5,8 @@ steps keep it quick; a GPU host is expected but not required. WEBUI_AUTH=user:pa
 `--api-auth user:pass` (the authentication tests need it), WEBUI_CORS_ORIGIN=http://example.test when it runs with
 `--cors-allow-origins http://example.test`. Where the hosts behave differently by design (Token merging), each test
 asserts the behaviour of the host it runs on: webui_host() tells A1111, Forge, reForge, Forge Classic and Forge Neo
-apart by a command-line flag only that host has (/sdapi/v1/cmd-flags); WEBUI_HOST=a1111|forge|reforge|classic|neo
-overrides it.
+apart by a command-line flag only that host has (the flag names of /openapi.json's `Flags` schema, or of
+/sdapi/v1/cmd-flags); WEBUI_HOST=a1111|forge|reforge|classic|neo overrides it.
 """
 
 import base64
@@ -68,11 +68,26 @@ HOSTS = ("a1111", *FORGE_FAMILY)
 HOST_MARKER_FLAGS = {"forge": "skip_google_blockly", "reforge": "cache_classic", "classic": "persistent_patches",
                      "neo": "ckpt_dirs"}
 """A command-line flag only that host's parser has (read from each host's source at the commits in README's
-Hosts): /sdapi/v1/cmd-flags lists every flag the parser knows, set or not."""
+Hosts)."""
+
+
+def host_flags():
+    """The names of every command-line flag the host's parser knows, set or not: the properties of the `Flags`
+    schema in /openapi.json (the model of /sdapi/v1/cmd-flags, built from the parser), else the answer of
+    /sdapi/v1/cmd-flags itself. The schema comes first because Forge's cmd-flags answers 500 (its response model
+    declares `port` a string, and the int fails pydantic 2's validation)."""
+    status, schema = call("/openapi.json")
+    schemas = schema.get("components", {}).get("schemas", {}) if status == 200 else {}
+    flags = schemas.get("Flags", {}).get("properties")
+    if flags:
+        return set(flags)
+    status, flags = call("/sdapi/v1/cmd-flags")
+    assert status == 200, f"neither /openapi.json's Flags schema nor /sdapi/v1/cmd-flags: {status} {flags}"
+    return set(flags)
 
 
 def host_of_flags(flags):
-    """"a1111", "forge", "reforge", "classic" or "neo" from a host's /sdapi/v1/cmd-flags; None for a Forge-family
+    """"a1111", "forge", "reforge", "classic" or "neo" from a host's flag names; None for a Forge-family
     host (it has the backends' --always-cpu, which A1111 lacks) that none of the marker flags names."""
     found = [host for host, flag in HOST_MARKER_FLAGS.items() if flag in flags]
     if len(found) == 1:
@@ -91,9 +106,7 @@ def webui_host():
             assert override in HOSTS, f"WEBUI_HOST={override!r}; allowed: {', '.join(HOSTS)}"
             _host.append(override)
         else:
-            status, flags = call("/sdapi/v1/cmd-flags")
-            assert status == 200, flags
-            host = host_of_flags(flags)
+            host = host_of_flags(host_flags())
             assert host, f"unknown Forge-family host; set WEBUI_HOST to one of {', '.join(FORGE_FAMILY)}"
             _host.append(host)
     return _host[0]
