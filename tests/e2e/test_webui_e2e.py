@@ -265,6 +265,17 @@ def test_invalid_args_rejected_before_generation(args):
     assert call("/sdapi/v1/txt2img", {**BASE, "steps": 1})[0] == 200
 
 
+def require_a1111_token_merging(merged, **overrides):
+    """On A1111, skip unless Token merging still changes the image (ToDo off): it changes the tokens attn1 gets
+    only while tomesd's patch of the BasicTransformerBlock class reaches the instances. sd-webui-controlnet
+    (56cec5b2) leaves its saved `_forward` on every instance after a reference-mode job (hook.py: the bound method it
+    saved, put back as an instance attribute), which shadows the class's for the rest of the session: Token merging
+    then changes nothing, and nothing is left for ToDo to step aside from."""
+    if pixels(merged) == pixels(txt2img(**overrides)[0]):
+        pytest.skip("Token merging changes nothing on this host now (after a ControlNet reference job, "
+                    "sd-webui-controlnet's `_forward` left on the instances shadows tomesd's patch); restart it")
+
+
 def test_todo_with_the_hosts_token_merging():
     """Each host's documented behaviour with Token merging on. A1111: tomesd merges the tokens before attn1, so
     ToDo steps aside in every depth-0 call (the merged tokens fill no grid) with the note "Token merging changed the
@@ -283,6 +294,7 @@ def test_todo_with_the_hosts_token_merging():
     finally:
         assert call("/sdapi/v1/options", {"token_merging_ratio": previous})[0] == 200
     if host == "a1111":
+        require_a1111_token_merging(merged, steps=2)
         note = infotext.split(f"{INFOTEXT_NOTE_KEY}: ")[1] if INFOTEXT_NOTE_KEY in infotext else ""
         aside = re.match(r'"?stepped aside in (\d+) self-attention calls? where Token merging changed the tokens', note)
         assert aside and int(aside.group(1)) == 5 * 2, infotext
@@ -391,6 +403,7 @@ def test_note_in_the_info_json_is_the_infotexts_text():
     note = info["extra_generation_params"].get("ToDo note")
     infotext = info["infotexts"][0]
     if webui_host() == "a1111":
+        require_a1111_token_merging(txt2img(override_settings={"token_merging_ratio": 0.5})[0])
         assert isinstance(note, str) and "Token merging changed the tokens" in note, info
         assert f"ToDo note: {note}" in infotext or f'ToDo note: "{note}"' in infotext
     else:
