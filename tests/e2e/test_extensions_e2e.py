@@ -305,3 +305,109 @@ def test_kohya_hrfix_integrated_shrunken_grids(scripts):
     assert plain > 0 and plain % DEPTH0_LAYERS == 0, "three full-size layers per shrunken call, five per other"
     without, _ = generated({"Kohya HRFix Integrated": {"args": shrink}}, mode)
     assert pixels(image) != pixels(without)
+
+
+TODO_DEEP = ToDoArgs(enabled=True, ratio=0.75, max_depth=3).to_list()
+"""2x per side at every depth, the middle block (depth 3 on SD1.x: a 4x4 grid at 256 px) included."""
+REPLACED = "another extension replaces the layer's self-attention"
+
+
+def integrated(scripts, prefix):
+    """The title of a Forge-family built-in whose title starts so (titles differ between hosts: Forge's SAG adds
+    "(SD 1.x, SD 2.x, SDXL)"), or skip."""
+    titles = sorted(title for title in scripts["txt2img"] if title.startswith(prefix))
+    if not titles:
+        pytest.skip(f"{prefix}... is not installed on this host")
+    return titles[0]
+
+
+def aside_calls(infotext, cause_words):
+    match = re.search(rf"stepped aside in (\d+) self-attention calls? where {re.escape(cause_words)}",
+                      note_of(infotext) or "")
+    assert match, infotext
+    return int(match.group(1))
+
+
+def test_stylealign_integrated_replaces_every_self_attention(scripts):
+    """Forge's StyleAlign Integrated (sd_forge_stylealign) replaces attn1 in every layer (`set_model_replace_all`,
+    attention shared across the batch): ToDo steps aside in every depth-0 call, says why, and the image is
+    StyleAlign's alone."""
+    title = integrated(scripts, "stylealign integrated")
+    align = [True, 1.0]  # ui() order: share attention in batch, strength
+    without, _ = generated({title: {"args": align}})
+    image, infotext = generated({title: {"args": align}, "ToDo": {"args": TODO_ON}})
+    assert "stylealign_enabled: True" in infotext, infotext
+    assert aside_calls(infotext, REPLACED) == DEPTH0_LAYERS * SMALL["steps"], infotext
+    assert INFOTEXT_FIRST_PASS_KV_KEY not in infotext, "no call acted on"
+    assert pixels(image) == pixels(without), "stepped aside everywhere: the image is exact"
+
+
+def test_perturbed_attention_guidance_integrated_middle_block(scripts):
+    """Forge's PAG Integrated runs one more U-Net call per step (the cond batch) with the middle block's attn1
+    replaced by one that returns V, which needs V's full token count. At Max depth 3 ToDo reaches the middle block:
+    it steps aside there in those calls only, acts on the middle block of the ordinary calls and on every other
+    layer of both, so each U-Net call counts 5 depth-0 calls and 1 middle-block call."""
+    title = integrated(scripts, "perturbedattentionguidance integrated")
+    pag = [True, 3.0, 0.0, 0.0, 1.0]  # ui() order: enabled, scale, attenuation, start step, end step
+    _, infotext = generated({title: {"args": pag}, "ToDo": {"args": TODO_DEEP}})
+    assert "pagi_enabled: True" in infotext, infotext
+    aside = aside_calls(infotext, REPLACED)
+    assert aside == SMALL["steps"], "one PAG call per step"
+    entries = kv_entries(infotext)
+    middle = entries[(3, (4, 4), (2, 2), 2.0)]
+    assert middle == SMALL["steps"], "the ordinary calls' middle block: one batched call per step"
+    assert entries[(0, (32, 32), (16, 16), 2.0)] == DEPTH0_LAYERS * (middle + aside), infotext
+
+
+def test_self_attention_guidance_integrated_middle_block(scripts):
+    """Forge's and reForge's SAG Integrated replace the middle block's attn1 in every U-Net call (it records the
+    attention map there, which needs the full keys) and add a U-Net call per step on a blurred input. At Max depth 3
+    ToDo steps aside in every middle-block call and acts on every other layer: 5 depth-0 calls per middle-block
+    call stepped aside, and no middle-block grid in the K/V line."""
+    title = integrated(scripts, "selfattentionguidance integrated")
+    sag = [True, 0.5, 2.0]  # ui() order: enabled, scale, blur sigma (Forge's blur mask threshold left at 1.0)
+    _, infotext = generated({title: {"args": sag}, "ToDo": {"args": TODO_DEEP}})
+    assert "sag_enabled: True" in infotext, infotext
+    aside = aside_calls(infotext, REPLACED)
+    entries = kv_entries(infotext)
+    assert not [key for key in entries if key[0] == 3], infotext
+    assert entries[(0, (32, 32), (16, 16), 2.0)] == DEPTH0_LAYERS * aside, infotext
+    assert aside > SMALL["steps"], "SAG's own calls as well"
+
+
+def test_hypertile_integrated_tiles_the_queries(scripts):
+    """reForge's HyperTile Integrated is an attn1 patch that splits the queries of depth-0 layers into tiles (more
+    batch rows, fewer tokens each) and an output patch that puts them back. Tile size 128 (a 16-token side) and swap
+    size 1 split the 32x32 grid 2x2 in every call, deterministically: ToDo steps aside in every depth-0 call with the
+    `hypertile` cause, and the image is HyperTile's alone."""
+    title = integrated(scripts, "hypertile integrated")
+    tile = [True, 128, 1, 0, False]  # ui() order: enabled, tile size, swap size, max depth, scale depth
+    without, _ = generated({title: {"args": tile}})
+    image, infotext = generated({title: {"args": tile}, "ToDo": {"args": TODO_ON}})
+    assert "HyperTile_enabled: True" in infotext, infotext
+    assert aside_calls(infotext, "Hypertile tiles the layer") == DEPTH0_LAYERS * SMALL["steps"], infotext
+    assert INFOTEXT_FIRST_PASS_KV_KEY not in infotext
+    assert pixels(image) == pixels(without), "stepped aside everywhere: the image is exact"
+
+
+def test_a1111_hypertile_tiles_the_queries():
+    """A1111's built-in Hypertile (extensions-builtin/hypertile, turned on in Settings) replaces the forward of the
+    attn1 instances with one that splits the tokens into tiles before attention. At 512 px (a 64x64 latent) the
+    tile is 256 px (32 latent rows), so with swap size 1 every depth-0 call is split 2x2: ToDo steps aside in each
+    with the `hypertile` cause and the image is Hypertile's alone. The options are put back afterwards."""
+    status, options = call("/sdapi/v1/options")
+    assert status == 200, options
+    if "hypertile_enable_unet" not in options:
+        pytest.skip("no Hypertile settings on this host (A1111's built-in)")
+    keys = ("hypertile_enable_unet", "hypertile_max_depth_unet", "hypertile_max_tile_unet", "hypertile_swap_size_unet")
+    previous = {key: options[key] for key in keys}
+    assert call("/sdapi/v1/options", dict(zip(keys, (True, 0, 256, 1), strict=True)))[0] == 200
+    try:
+        without, _ = generated({}, width=512, height=512)
+        image, infotext = generated({"ToDo": {"args": TODO_ON}}, width=512, height=512)
+    finally:
+        assert call("/sdapi/v1/options", previous)[0] == 200
+    assert "Hypertile U-Net: True" in infotext, infotext
+    assert aside_calls(infotext, "Hypertile tiles the layer") == DEPTH0_LAYERS * SMALL["steps"], infotext
+    assert INFOTEXT_FIRST_PASS_KV_KEY not in infotext
+    assert pixels(image) == pixels(without), "stepped aside everywhere: the image is exact"
