@@ -412,8 +412,9 @@ def test_note_in_the_info_json_is_the_infotexts_text():
 
 
 def setting(options, name):
-    """A Settings > ToDo default as /sdapi/v1/options reports it: A1111 lists every option, Forge only the ones
-    set (`shared.opts.data`), so an absent one has its built-in default."""
+    """A Settings > ToDo default as /sdapi/v1/options reports it: the hosts list only the options in
+    `shared.opts.data` (those saved in config.json or set since; seen live on A1111 v1.10.1 too, whose list lacked
+    every todo_default_* and hypertile_* option), so an absent one has its built-in default."""
     return options.get(f"todo_default_{name}", getattr(ToDoArgs(), name))
 
 
