@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dit_cases import BUILDERS
 from forge_stub import forge_host
 from test_beside_extensions import hijack_reference, set_reference_mode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -94,3 +95,14 @@ def test_the_forge_patch_reads_no_value_inside_the_step(unet, config):
         assert value_reads(lambda: forge_host.calc_cond_uncond_batch(sd_model.forge_objects.unet, x, sigma,
                                                                      context)) == []
     assert attachment.record.downsampled > 0 and not attachment.record.aside
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_the_dit_wrapper_reads_no_value_beyond_what_the_model_reads(family):
+    case = BUILDERS[family]()
+    model_reads = value_reads(case.run)
+    handle = todo_ext.apply(case.model, ToDoConfig(ratio=0.75, max_depth=3, start=0.2, end=0.8))
+    handle.begin_step(True)
+    assert value_reads(case.run) == model_reads
+    handle.remove()
+    assert handle.record.downsampled > 0
