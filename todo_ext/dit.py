@@ -65,8 +65,9 @@ def _input(args: tuple, kwargs: dict, index: int, name: str) -> Any:
     return args[index] if len(args) > index else kwargs.get(name)
 
 
-def _flux_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
-    """Flux and Chroma (backend/nn/flux.py and chroma.py forward): text, then the image at patch 2, then any Kontext
+def _text_then_image_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Flux and Chroma (backend/nn/flux.py and chroma.py forward) and Qwen-Image (backend/nn/qwen.py forward, on a
+    (batch, channels, frames, height, width) latent): text, then the image at patch 2, then any Kontext or edit
     reference latents."""
     x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
     grid = (_patches(x.shape[-2], 2), _patches(x.shape[-1], 2))
@@ -84,14 +85,6 @@ def _lumina_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShap
     caption = context.shape[1] + (-context.shape[1]) % multiple
     image_pad = (-math.prod(grid)) % multiple
     return [CallShape(caption, grid, image_pad, "pad"), CallShape(0, grid, image_pad, "pad")]
-
-
-def _qwen_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
-    """Qwen-Image (backend/nn/qwen.py forward on a (batch, channels, frames, height, width) latent): text, the
-    image at patch 2, then any edit reference latents."""
-    x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
-    grid = (_patches(x.shape[-2], 2), _patches(x.shape[-1], 2))
-    return [CallShape(context.shape[1], grid, None)]
 
 
 def _wan_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
@@ -146,13 +139,13 @@ class Family:
 
 FAMILIES = (
     Family("Flux", ("IntegratedFluxTransformer2DModel",), "attention_function", _flux_module,
-           lambda model: [*model.double_blocks, *model.single_blocks], _flux_shapes),
+           lambda model: [*model.double_blocks, *model.single_blocks], _text_then_image_shapes),
     Family("Chroma", ("IntegratedChromaTransformer2DModel",), "attention_function", _flux_module,
-           lambda model: [*model.double_blocks, *model.single_blocks], _flux_shapes),
+           lambda model: [*model.double_blocks, *model.single_blocks], _text_then_image_shapes),
     Family("Lumina 2 / Z-Image", ("NextDiT",), "attention_function", _own_module,
            lambda model: [*model.noise_refiner, *model.layers], _lumina_shapes),
     Family("Qwen-Image", ("QwenImageTransformer2DModel",), "attention_function", _own_module,
-           lambda model: list(model.transformer_blocks), _qwen_shapes),
+           lambda model: list(model.transformer_blocks), _text_then_image_shapes),
     Family("Wan", ("WanModel",), "optimized_attention", _own_module,
            lambda model: [block.self_attn for block in model.blocks], _wan_shapes),
     Family("SD3", ("MMDiT", "MMDiTX"), "attention", _own_module,
