@@ -72,6 +72,11 @@ def test_the_bias_cost_table_times_the_three_ways_on_the_reduced_call(dit_output
     assert "| 128px | 576 | 528 |" in table and "| 256px | 768 | 576 |" in table, "512 text + the image at 2x"
 
 
+def test_the_bias_cost_table_signs_each_difference_once():
+    row = {"size": 1536, "queries": 9728, "keys": 2816, "no bias": 1.0, "mask": 0.97, "extra channel": 1.08}
+    assert "| 0.970 (-3%) | 1.080 (+8%) |" in dit_bench.bias_cost_table([row])
+
+
 def test_the_bound_comes_from_each_attention_calls_kept_keys():
     """Two calls of 1 s in a 4 s baseline step; ToDo keeps a quarter of the first call's keys and all of the
     second's: the bound is 4 / (4 - 2 + 0.25 + 1)."""

@@ -285,6 +285,6 @@ def bias_cost_table(rows: list[dict[str, float]]) -> str:
     lines = ["| Size | Queries | Kept keys | No bias (s) | Mask (s) | Extra channel (s) |", "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['size']}px | {row['queries']} | {row['keys']} | {row['no bias']:.3f} | "
-                     f"{row['mask']:.3f} (+{row['mask'] / row['no bias'] - 1:.0%}) | {row['extra channel']:.3f} "
-                     f"(+{row['extra channel'] / row['no bias'] - 1:.0%}) |")
+                     f"{row['mask']:.3f} ({row['mask'] / row['no bias'] - 1:+.0%}) | {row['extra channel']:.3f} "
+                     f"({row['extra channel'] / row['no bias'] - 1:+.0%}) |")
     return "\n".join(lines) + "\n"
