@@ -340,6 +340,13 @@ def formula(call: Call, before: int, grid: tuple[int, ...], after: int, factor: 
     return out.transpose(1, 2).flatten(2)
 
 
+def assert_formula(call: Call, before: int, grid: tuple[int, ...], after: int, factor: int = 2,
+                   method: str = "nearest") -> None:
+    """The host's attention call returned ToDo's formula (computed in float64, so a float32 tolerance)."""
+    torch.testing.assert_close(call.out.double(), formula(call, before, grid, after, factor, method),
+                               atol=2e-5, rtol=1e-4)
+
+
 def todo_hooks(model: nn.Module) -> int:
     """ToDo's forward hooks (pre and post) on the model and its submodules."""
     return sum(getattr(hook, "is_todo_hook", False)

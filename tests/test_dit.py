@@ -10,7 +10,7 @@ import torch
 from dit_cases import (
     BUILDERS,
     Recorder,
-    formula,
+    assert_formula,
     kept_positions,
     lumina2,
     qwen,
@@ -77,8 +77,7 @@ def test_every_joint_call_gets_the_formula_on_its_grid_and_the_rest_stay_exact(c
             continue
         joint += 1
         before, after = layout
-        torch.testing.assert_close(call.out.double(), formula(call, before, case.grid, after, factor, method),
-                                   atol=2e-5, rtol=1e-4)
+        assert_formula(call, before, case.grid, after, factor, method)
     assert joint > 0 and handle.record.calls == joint and handle.record.downsampled == joint
     assert sum(handle.record.kv.values()) == joint and not handle.record.aside
     assert {(grid, kv_grid, factor) for (_, grid, kv_grid, factor, _) in handle.record.kv} == {
@@ -170,8 +169,7 @@ def test_lumina2_grouped_query_attention_gets_the_formula_on_the_repeated_heads(
     for call in joint:
         assert call.k.shape[1] == call.q.shape[1] == case.model.layers[0].attention.n_local_heads
         before, after = case.joint_layout(call.k.shape[2])
-        torch.testing.assert_close(call.out.double(), formula(call, before, case.grid, after, 2, "nearest"),
-                                   atol=2e-5, rtol=1e-4)
+        assert_formula(call, before, case.grid, after)
 
 
 @pytest.mark.parametrize("concat_frames", [0, 2])
@@ -190,8 +188,7 @@ def test_wan_downsamples_each_frame_alone_and_leaves_cross_attention_uncounted(c
     for call in cross_calls:
         assert torch.equal(call.out, original(call.q, call.k, call.v, *call.args, **call.kwargs))
     for call in self_calls:
-        torch.testing.assert_close(call.out.double(), formula(call, 0, case.grid, 0, 2, "nearest"),
-                                   atol=2e-5, rtol=1e-4)
+        assert_formula(call, 0, case.grid, 0)
 
 
 def test_wan_cross_attention_over_as_many_text_tokens_as_video_tokens_stays_exact():
@@ -403,8 +400,7 @@ def test_a_mask_the_host_passes_is_taken_at_the_kept_keys_and_gets_the_bias(form
     case.run()
     assert len(recorder.calls) == handle.record.downsampled == 2
     for call in recorder.calls:
-        torch.testing.assert_close(call.out.double(), formula(call, 8, case.grid, 0, 2, "nearest"),
-                                   atol=2e-5, rtol=1e-4)
+        assert_formula(call, 8, case.grid, 0)
 
 
 @pytest.mark.parametrize("name", ["sd35-forge", "sd3-a1111"])
@@ -419,8 +415,7 @@ def test_sd3_on_an_odd_latent_side_reads_the_grid_its_patch_embedder_makes(name)
     assert not handle.record.aside and handle.record.downsampled == len(recorder.calls)
     for call in recorder.calls:
         before, after = case.joint_layout(call.k.shape[1])
-        torch.testing.assert_close(call.out.double(), formula(call, before, case.grid, after, 2, "nearest"),
-                                   atol=2e-5, rtol=1e-4)
+        assert_formula(call, before, case.grid, after)
 
 
 def test_two_models_of_one_family_attached_at_once_each_act_in_their_own_runs_only():
@@ -455,8 +450,7 @@ def test_the_bias_survives_an_attention_that_adds_the_mask_query_slice_by_query_
     case.run()
     assert len(recorder.calls) == handle.record.downsampled == 2
     for call in recorder.calls:
-        torch.testing.assert_close(call.out.double(), formula(call, 8, case.grid, 0, 2, "nearest"),
-                                   atol=2e-5, rtol=1e-4)
+        assert_formula(call, 8, case.grid, 0)
 
 
 @pytest.mark.parametrize("name", ["flux", "wan"])
