@@ -215,11 +215,21 @@
         line.dataset.todoHintsApplied = "1";
     }
 
+    function resizeByTabSelected() {
+        // A1111, Forge, reForge and Neo name the resize tab group, and ui.js's get_tab_index reads its selected
+        // button; Forge Classic's group has no id, so there the "Resize by" panel itself tells: gradio shows the
+        // selected tab's panel as display: block and hides the others.
+        if (element("img2img_tabs_resize")) {
+            return typeof get_tab_index === "function" && get_tab_index("img2img_tabs_resize") === 1;
+        }
+        const panel = element("img2img_tab_resize_by");
+        return !!panel && panel.style.display === "block";
+    }
+
     function img2imgScaledSize() {
         // The "Resize by" tab: the WebUI generates the source image's size times Scale (modules/img2img.py), not
-        // the width/height sliders; get_tab_index and currentImg2imgSourceResolution are javascript/ui.js's.
-        if (typeof get_tab_index !== "function" || !element("img2img_tabs_resize") ||
-            get_tab_index("img2img_tabs_resize") !== 1) {
+        // the width/height sliders; currentImg2imgSourceResolution is javascript/ui.js's.
+        if (!resizeByTabSelected()) {
             return null;
         }
         const scale = numberOf("img2img_scale", 1);

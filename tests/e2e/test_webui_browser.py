@@ -91,8 +91,8 @@ def test_img2img_resize_by_uses_the_image_size_times_scale(browser):
     """After Send to img2img the width/height sliders hold the image's size; Scale 2 must double it."""
     browser.execute_script("switch_to_img2img();")  # every host's ui.js: Gradio 3 and 4 lay the tab buttons out apart
     browser.execute_script(
-        "const buttons = [...gradioApp().querySelectorAll('#img2img_tabs_resize > div > button')];"
-        "buttons.find(b => b.textContent.trim() === 'Resize by').click();"
+        "const group = gradioApp().querySelector('#img2img_tab_resize_by').parentElement;"  # Classic's has no id
+        "[...group.querySelectorAll('button')].find(b => b.textContent.trim() === 'Resize by').click();"
         "const scale = gradioApp().querySelector('#img2img_scale input[type=number]');"
         "scale.value = 2; scale.dispatchEvent(new Event('input', {bubbles: true}));")
     width, height = browser.execute_script("return currentImg2imgSourceResolution(0, 0, 1).slice(0, 2);")

@@ -276,6 +276,18 @@ describe("pages todo.js was not written for", () => {
             "pre-line");
     });
 
+    test("Forge Classic's resize tabs (their group has no id): the selected panel tells Resize by from Resize to", () => {
+        const classic = (state) => {
+            const page = new WebUIPage().withoutResizeTabGroupId();
+            page.configure({tab: "img2img", width: 768, height: 512, todo: {enabled: true}, ...state});
+            page.load();
+            page.uiUpdated();
+            return passes(page, "img2img").first;
+        };
+        assert.match(classic({resize_by: {scale: 2, image: [512, 512]}}), /^First pass 1024×1024: /);
+        assert.match(classic({}), /^First pass 768×512: /);
+    });
+
     test("without get_tab_index or currentImg2imgSourceResolution the line still updates", () => {
         const page = new WebUIPage();
         page.configure({tab: "img2img", width: 768, height: 512, resize_by: {scale: 2, image: [512, 512]},

@@ -163,7 +163,16 @@ class WebUIPage {
         this.slider("txt2img_hr_resize_x", 0);
         this.slider("txt2img_hr_resize_y", 0);
         this.app.add("img2img_tabs_resize");
+        // gradio shows the selected tab's panel as display: block and hides the others.
+        this.app.add("img2img_tab_resize_to").style.display = "block";
+        this.app.add("img2img_tab_resize_by").style.display = "none";
         this.slider("img2img_scale", 1);
+    }
+
+    // Forge Classic's modules/ui.py makes the img2img resize tabs without an elem_id on their group.
+    withoutResizeTabGroupId() {
+        this.app.elements.delete("img2img_tabs_resize");
+        return this;
     }
 
     slider(id, value) {
@@ -261,7 +270,12 @@ class WebUIPage {
             this.layoutAnswer = state.layout;
         }
         if (state.resize_by) {
-            this.app.getElementById("img2img_tabs_resize").selectedTab = 1;
+            const group = this.app.getElementById("img2img_tabs_resize");
+            if (group) {
+                group.selectedTab = 1;
+            }
+            this.app.getElementById("img2img_tab_resize_to").style.display = "none";
+            this.app.getElementById("img2img_tab_resize_by").style.display = "block";
             this.set("img2img_scale", state.resize_by.scale);
             this.sourceImage = state.resize_by.image;
         }
