@@ -13,7 +13,7 @@ import os
 import re
 
 import pytest
-from test_webui_e2e import WEBUI_URL, call, kv_line, pixels
+from test_webui_e2e import WEBUI_URL, call, kv_line, pixels, png_of, xyz_ratio_axis
 
 from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_HIRES_KV_KEY, INFOTEXT_NOTE_KEY
 
@@ -25,6 +25,7 @@ BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 2, "w
         "seed": 1234, "sampler_name": "Euler", "scheduler": "simple", "cfg_scale": 1, "batch_size": 1}
 EVERY_BLOCK = {"enabled": True, "ratio": 0.75, "max_depth": 3}
 """The live checkpoints have one or two blocks of each kind: Max depth 3 reaches every attention block."""
+OUTSIDE_WINDOW = re.compile(r"(\d+) calls? outside the step window")
 IMAGE_PART = re.compile(r"img (?P<grid>\d+x\d+)->(?P<kv>\d+x\d+) \((?P<factor>[\d.]+)x\)(?P<kept>(?: \+ \d+ \w+)*)"
                         r"(?: kept)? in (?P<calls>\d+) calls?")
 
@@ -43,11 +44,11 @@ MODELS = dit_models()
 needs_dit = pytest.mark.skipif(not MODELS, reason="the host lists no DiT checkpoint")
 
 
-def generate(model, todo_args=None, **overrides):
+def generate(model, todo_args=None, route="txt2img", **overrides):
     payload = {**BASE, **overrides, "override_settings": {"sd_model_checkpoint": model}}
     if todo_args is not None:
         payload["alwayson_scripts"] = {"ToDo": {"args": todo_args}}
-    status, body = call("/sdapi/v1/txt2img", payload, timeout=1800)
+    status, body = call(f"/sdapi/v1/{route}", payload, timeout=1800)
     assert status == 200, body
     image = pixels(body["images"][0])
     assert len(set(image[1::97])) > 2, f"{model} gave a uniform image: the comparison would prove nothing"
@@ -60,6 +61,8 @@ def image_parts(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
     assert line, f"no {key} in {infotext!r}"
     parts = {}
     for part in line.split("; "):
+        if OUTSIDE_WINDOW.fullmatch(part):
+            continue
         match = IMAGE_PART.fullmatch(part)
         assert match, f"unreadable part {part!r} of {line!r}"
         kept = tuple(re.findall(r"\+ (\d+) (\w+)", match["kept"]))
@@ -129,3 +132,46 @@ def test_a_unet_checkpoint_is_unchanged_by_dit_jobs():
     _, infotext = generate(unets[0], [{"enabled": True}], cfg_scale=5)
     assert before == after
     assert re.search(r"ToDo K/V: d0 32x32->16x16 \(2x\)", infotext), infotext
+
+
+@needs_dit
+def test_img2img_on_a_dit_acts_on_the_grid_of_the_size_it_generates():
+    """img2img at 384 px from a 256 px init image: the K/V line names the 384 px image's token grid."""
+    before, _ = generate(MODELS[0], route="img2img", width=384, height=384, init_images=[png_of(SIZE, SIZE)],
+                         denoising_strength=0.75)
+    on, infotext = generate(MODELS[0], [EVERY_BLOCK], route="img2img", width=384, height=384,
+                            init_images=[png_of(SIZE, SIZE)], denoising_strength=0.75)
+    side = token_grid(384)
+    assert {(grid, kv, factor) for grid, kv, factor, _ in image_parts(infotext)} == {
+        (f"{side}x{side}", f"{side // 2}x{side // 2}", 2.0)}, infotext
+    assert on != before
+
+
+@needs_dit
+def test_the_step_window_on_a_flow_schedule_leaves_the_first_step_exact():
+    """Start 0.01 of 2 steps: the first step (pure noise, progress 0) runs exact and is counted outside the step
+    window, the second is downsampled: the window is read from the schedule the DiT samples with."""
+    _, infotext = generate(MODELS[0], [{**EVERY_BLOCK, "start": 0.01}])
+    outside = OUTSIDE_WINDOW.search(kv_line(infotext))
+    assert outside, infotext
+    assert sum(image_parts(infotext).values()) == int(outside.group(1)), "one step inside, one step outside"
+
+
+@needs_dit
+def test_xyz_ratio_axis_on_a_dit():
+    _, scripts = call("/sdapi/v1/script-info")
+    xyz = next(script for script in scripts if script["name"] == "x/y/z plot" and not script["is_img2img"])
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": MODELS[0]},
+                                               "script_name": "x/y/z plot",
+                                               "script_args": xyz_ratio_axis(xyz, "0.75, 0.9375"),
+                                               "alwayson_scripts": {"ToDo": {"args": [EVERY_BLOCK]}}},
+                        timeout=1800)
+    assert status == 200, body
+    side = token_grid(SIZE)
+    factors = {}
+    for infotext in json.loads(body["info"])["infotexts"]:
+        if kv_line(infotext):
+            ratio = re.search(r"ToDo ratio: ([\d.]+)", infotext).group(1)
+            factors[ratio] = {(grid, kv, factor) for grid, kv, factor, _ in image_parts(infotext)}
+    assert factors == {"0.75": {(f"{side}x{side}", f"{side // 2}x{side // 2}", 2.0)},
+                       "0.9375": {(f"{side}x{side}", f"{side // 4}x{side // 4}", 4.0)}}, factors

@@ -428,18 +428,26 @@ def test_api_defaults_are_the_settings():
     assert values["Method"] == setting(options, "method")
 
 
+def xyz_ratio_axis(xyz, values):
+    """The X/Y/Z plot script's args with "[ToDo] Ratio" on the X axis over `values`, no Y or Z axis, and every
+    cell's image returned (reForge's API otherwise returns only the grid's infotext)."""
+    choices = xyz["args"][0]["choices"]
+    script_args = [arg["value"] for arg in xyz["args"]]
+    script_args[0], script_args[1] = choices.index("[ToDo] Ratio"), values
+    script_args[3] = script_args[6] = 0
+    labels = [arg["label"] for arg in xyz["args"]]
+    script_args[labels.index("Include Sub Images")] = True
+    return script_args
+
+
 def test_xyz_axes_offered_and_applied():
     """Also with --nowebui, where the API builds the X/Y/Z script's axis list before before_ui."""
     _, scripts = call("/sdapi/v1/script-info")
     xyz = next(script for script in scripts if script["name"] == "x/y/z plot" and not script["is_img2img"])
     choices = xyz["args"][0]["choices"]
     assert {"[ToDo] Ratio", "[ToDo] Deeper ratio", "[ToDo] Method"} <= set(choices)
-    script_args = [arg["value"] for arg in xyz["args"]]
-    script_args[0], script_args[1] = choices.index("[ToDo] Ratio"), "0.75, 0.9375"
-    script_args[3] = script_args[6] = 0
-    labels = [arg["label"] for arg in xyz["args"]]
-    script_args[labels.index("Include Sub Images")] = True  # reForge's API otherwise returns only the grid's infotext
-    status, body = call("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": script_args,
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot",
+                                               "script_args": xyz_ratio_axis(xyz, "0.75, 0.9375"),
                                                "alwayson_scripts": {"ToDo": {"args": [True]}}})
     assert status == 200, body
     infotexts = json.loads(body["info"])["infotexts"]
