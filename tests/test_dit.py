@@ -381,6 +381,17 @@ def test_a_deeper_ratio_applies_to_the_outer_bands():
     assert by_depth == {0: {4 * 4}, 1: {3 * 3}, 2: {2 * 2}}
 
 
+def assert_both_flux_calls_get_the_formula(case):
+    """ToDo 0.75 on a Flux-family stand-in (8 text tokens, one double and one single block): both attention calls
+    downsampled, each equal to ToDo's formula."""
+    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
+    recorder = Recorder(case.home, case.function)
+    case.run()
+    assert len(recorder.calls) == handle.record.downsampled == 2
+    for call in recorder.calls:
+        assert_formula(call, 8, case.grid, 0)
+
+
 @pytest.mark.parametrize("form", ["queries-keys", "batch-queries-keys", "batch-heads-queries-keys", "bool"])
 def test_a_mask_the_host_passes_is_taken_at_the_kept_keys_and_gets_the_bias(form):
     """Chroma's blocks pass their `attn_mask` on to flux.py's attention (ComfyUI's Chroma masks the text padding);
@@ -395,12 +406,7 @@ def test_a_mask_the_host_passes_is_taken_at_the_kept_keys_and_gets_the_bias(form
     for block in (*case.model.double_blocks, *case.model.single_blocks):
         block.register_forward_pre_hook(lambda _m, args, kwargs: (args, {**kwargs, "attn_mask": masks[form]}),
                                         with_kwargs=True)
-    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
-    recorder = Recorder(case.home, case.function)
-    case.run()
-    assert len(recorder.calls) == handle.record.downsampled == 2
-    for call in recorder.calls:
-        assert_formula(call, 8, case.grid, 0)
+    assert_both_flux_calls_get_the_formula(case)
 
 
 @pytest.mark.parametrize("name", ["sd35-forge", "sd3-a1111"])
@@ -445,12 +451,7 @@ def test_the_bias_survives_an_attention_that_adds_the_mask_query_slice_by_query_
     plain = case.run()
     monkeypatch.setattr(forge_flux, "attention_function", forge_attention.attention_split)
     torch.testing.assert_close(case.run(), plain, atol=1e-5, rtol=1e-4)
-    handle = todo_ext.apply(case.model, every_block(ratio=0.75))
-    recorder = Recorder(case.home, case.function)
-    case.run()
-    assert len(recorder.calls) == handle.record.downsampled == 2
-    for call in recorder.calls:
-        assert_formula(call, 8, case.grid, 0)
+    assert_both_flux_calls_get_the_formula(case)
 
 
 @pytest.mark.parametrize("name", ["flux", "wan"])
