@@ -41,7 +41,6 @@ import argparse
 import os
 import shutil
 import sys
-import time
 
 import torch
 
@@ -103,17 +102,9 @@ def main() -> None:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     path = os.path.join(args.out, NAME)
-    wanted = {"family": "sd3", "depth": str(args.depth)}
-    if not args.force and os.path.exists(path) and \
-            all(rw.metadata_of(path).get(key) == value for key, value in wanted.items()):
-        print(f"{path}: present with the same depth, kept")
-        return
-    started = time.time()
-    table = table_of(args.depth)
-    rw.write_checkpoint(path, table, torch.float16, args.seed,
-                        {**wanted, "note": "random weights for ToDo's e2e tests on A1111 v1.10.1; not a model"})
-    print(f"{path}: {len(table)} keys, {rw.parameters(table) / 1e6:.0f} M parameters, "
-          f"{os.path.getsize(path) / 2**20:.0f} MiB, {time.time() - started:.0f} s")
+    rw.write_checkpoint_unless_present(path, lambda: table_of(args.depth), torch.float16, args.seed,
+                                       {"family": "sd3", "depth": str(args.depth)},
+                                       "random weights for ToDo's e2e tests on A1111 v1.10.1; not a model", args.force)
 
 
 if __name__ == "__main__":

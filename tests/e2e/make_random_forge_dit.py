@@ -60,7 +60,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
@@ -156,16 +155,9 @@ def main() -> None:
         wanted = {"family": family, "t5_layers": str(args.t5_layers)}
         wanted.update({"depth": str(SD35_DEPTH)} if family == "sd35" else
                       {"depth": str(args.depth), "single": str(args.single)})
-        if not args.force and os.path.exists(path) and \
-                all(rw.metadata_of(path).get(key) == value for key, value in wanted.items()):
-            print(f"{path}: present with the same layer counts, kept")
-            continue
-        started = time.time()
-        table = table_of(family, args.depth, args.single, args.t5_layers)
-        rw.write_checkpoint(path, table, torch.bfloat16, args.seed,
-                            {**wanted, "note": "random weights for ToDo's e2e tests on Forge dfdcbab6; not a model"})
-        print(f"{path}: {len(table)} keys, {rw.parameters(table) / 1e6:.0f} M parameters, "
-              f"{os.path.getsize(path) / 2**20:.0f} MiB, {time.time() - started:.0f} s")
+        rw.write_checkpoint_unless_present(
+            path, lambda family=family: table_of(family, args.depth, args.single, args.t5_layers), torch.bfloat16,
+            args.seed, wanted, "random weights for ToDo's e2e tests on Forge dfdcbab6; not a model", args.force)
 
 
 if __name__ == "__main__":

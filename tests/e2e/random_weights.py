@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -285,6 +287,20 @@ def write_checkpoint(path: str, table: Shapes, dtype: torch.dtype, seed: int, me
     temporary = path + ".tmp"
     save_file(tensors, temporary, metadata={"format": "pt", **metadata})
     os.replace(temporary, path)
+
+
+def write_checkpoint_unless_present(path: str, make_table: Callable[[], Shapes], dtype: torch.dtype, seed: int,
+                                    wanted: dict[str, str], note: str, force: bool = False) -> None:
+    """Write the checkpoint `make_table` describes, unless `path` already holds one whose metadata has every
+    `wanted` value (a rerun of a maker keeps it; `force` writes it anew). Prints what it did."""
+    if not force and os.path.exists(path) and all(metadata_of(path).get(key) == value for key, value in wanted.items()):
+        print(f"{path}: present with the same {', '.join(wanted)}, kept")
+        return
+    started = time.time()
+    table = make_table()
+    write_checkpoint(path, table, dtype, seed, {**wanted, "note": note})
+    print(f"{path}: {len(table)} keys, {parameters(table) / 1e6:.0f} M parameters, "
+          f"{os.path.getsize(path) / 2**20:.0f} MiB, {time.time() - started:.0f} s")
 
 
 def write_torch_state_dict(path: str, table: Shapes, seed: int) -> None:
