@@ -197,10 +197,11 @@ after printing the error). ToDo hands them the kept keys and values without the 
 cost the user the kernel they chose."""
 
 
-def _reduced_arguments(state: _DiTState, previous: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def _reduced_arguments(state: _DiTState, takes_mask: bool, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        args: tuple, kwargs: dict) -> tuple | None:
     """For one joint attention call: the kept text and downsampled image keys and values, and the call's mask
-    with the proportional bias added; None to leave the call exact. Every query stays."""
+    with the proportional bias added (where the host's function takes a mask); None to leave the call exact.
+    Every query stays."""
     sequence_dim = 2 if kwargs.get("skip_reshape") else 1
     if q.shape[sequence_dim] != k.shape[sequence_dim] or state.position is None:
         return None
@@ -221,7 +222,7 @@ def _reduced_arguments(state: _DiTState, previous: Callable, q: torch.Tensor, k:
         return None
     plan = joint_plan(layout, factor, state.config.method, k.device)
     k, v = reduce_keys_values(k, v, plan, sequence_dim)
-    if getattr(previous, "__name__", None) in MASKLESS_FUNCTIONS and _mask_of(args, kwargs) is None:
+    if not takes_mask and _mask_of(args, kwargs) is None:
         return k, v, args, kwargs
     return (k, v, *_with_mask(args, kwargs, plan, q.dtype, q.shape[sequence_dim]))
 
@@ -253,10 +254,12 @@ def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries
 
 
 def _wrapper(state: _DiTState, previous: Callable) -> Callable:
+    takes_mask = getattr(previous, "__name__", None) not in MASKLESS_FUNCTIONS
+
     def todo_attention(q, k, v, *args, **kwargs):
         if state.active and state.running and not compiling():
             try:
-                reduced = _reduced_arguments(state, previous, q, k, v, args, kwargs)
+                reduced = _reduced_arguments(state, takes_mask, q, k, v, args, kwargs)
             except Exception:
                 state.fail_over()
                 reduced = None
