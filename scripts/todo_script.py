@@ -220,7 +220,7 @@ def attach(p, config):
         except Exception as error:
             reason = f"could not attach ({type(error).__name__}: {error})"
             if reason not in job.notes:
-                todo_ext.patch.log.exception("ToDo: could not attach to %s", type(sd_model).__name__)
+                todo_ext.passes.log.exception("ToDo: could not attach to %s", type(sd_model).__name__)
     if reason is not None:
         p.todo_pass_config = None
         _step_aside(p, reason)

@@ -4,9 +4,8 @@
 from .attach import apply, remove
 from .config import METHODS, ToDoConfig, factor_to_ratio, ratio_to_factor
 from .downsample import downsample_tokens
+from .passes import ToDoHandle, UnsupportedModelError
 from .patch import (
-    ToDoHandle,
-    UnsupportedModelError,
     attention_levels,
     attention_levels_by_block,
     plan_kv_tokens,

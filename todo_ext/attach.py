@@ -8,7 +8,8 @@ from torch import nn
 
 from .config import ToDoConfig
 from .dit import apply_dit, remove_dit
-from .patch import ToDoHandle, apply_unet, is_unet, remove_hooks
+from .passes import ToDoHandle, remove_hooks
+from .patch import apply_unet, is_unet
 
 
 def apply(model: nn.Module, config: ToDoConfig, *, warned: set[str] | None = None) -> ToDoHandle:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import MAX_DEPTH, ToDoConfig
 from .joint import JointLayout, Segment, joint_plan, proportional_bias, reduce_keys_values, reduced_grid
-from .patch import PassState, ToDoHandle, UnsupportedModelError, _ToDoHook, compiling, refuse_compiled, remove_hooks
+from .passes import PassState, ToDoHandle, ToDoHook, UnsupportedModelError, compiling, refuse_compiled, remove_hooks
 
 WRAPPER_FLAG = "is_todo_wrapper"
 
@@ -174,7 +174,7 @@ class _DiTState(PassState):
     """PassState plus what a DiT call tells: its joint sequences and which attention block is running."""
 
     def __init__(self, model: nn.Module, config: ToDoConfig, warned: set[str], blocks: int):
-        super().__init__(config, (0,), warned)
+        super().__init__(config, warned)
         self.model = model
         self.blocks = blocks
         self.running = False
@@ -317,14 +317,14 @@ def _running_hooks(model: nn.Module, blocks: list[nn.Module], state: _DiTState, 
     def model_ends(*_args: Any) -> None:
         state.running = False
 
-    def block_starts(position: int) -> _ToDoHook:
-        return _ToDoHook(lambda *_args: setattr(state, "position", position))
+    def block_starts(position: int) -> ToDoHook:
+        return ToDoHook(lambda *_args: setattr(state, "position", position))
 
-    hooks = [model.register_forward_pre_hook(_ToDoHook(model_starts), with_kwargs=True),
-             model.register_forward_hook(_ToDoHook(model_ends), always_call=True)]
+    hooks = [model.register_forward_pre_hook(ToDoHook(model_starts), with_kwargs=True),
+             model.register_forward_hook(ToDoHook(model_ends), always_call=True)]
     for position, block in enumerate(blocks):
         hooks.append(block.register_forward_pre_hook(block_starts(position)))
-        hooks.append(block.register_forward_hook(_ToDoHook(lambda *_args: setattr(state, "position", None)),
+        hooks.append(block.register_forward_hook(ToDoHook(lambda *_args: setattr(state, "position", None)),
                                                  always_call=True))
     return hooks
 

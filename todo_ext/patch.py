@@ -1,11 +1,12 @@
 """Hooking ToDo into an ldm or sgm UNetModel with torch module hooks on instances.
 
-A forward pre-hook on the U-Net reads the latent's size and timestep for the call; one on each spatial
-transformer reads the grid its layers really get (a tile under Tiled Diffusion, a shrunken grid under Deep
-Shrink). A forward pre-hook (with kwargs) on each selected `attn1` hands the attention a downsampled copy of its
-input as `context`: every attention implementation the WebUI installs computes K and V from `context`, so the
-queries stay full and the K/V projections run on the reduced tokens. No class method is replaced, so the WebUI's
-attention optimizer and other extensions that patch the same classes keep working.
+A forward pre-hook on the U-Net starts each call (the host's options for it, and the step window where no host
+decides it per step); one on each spatial transformer reads the grid its layers really get (a tile under Tiled
+Diffusion, a shrunken grid under Deep Shrink). A forward pre-hook (with kwargs) on each selected `attn1` hands the
+attention a downsampled copy of its input as `context`: every attention implementation the WebUI installs computes
+K and V from `context`, so the queries stay full and the K/V projections run on the reduced tokens. No class
+method is replaced, so the WebUI's attention optimizer and other extensions that patch the same classes keep
+working.
 
 The per-call decision (`kv_context`) is host-neutral, so Forge-style hosts reuse it from their attn1 patch, and
 it records what it did (`todo_ext.record`) for the infotext.
@@ -13,7 +14,6 @@ it records what it did (`todo_ext.record`) for the infotext.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,17 +25,18 @@ from torch.utils.hooks import RemovableHandle
 
 from .config import ToDoConfig
 from .downsample import downsample_tokens, kv_grid
-from .record import ASIDE_CAUSES, PassRecord
-
-log = logging.getLogger("todo_ext")
+from .passes import (
+    PassState,
+    ToDoHandle,
+    ToDoHook,
+    UnsupportedModelError,
+    WindowReader,
+    refuse_compiled,
+    remove_hooks,
+)
 
 TRAIN_TIMESTEPS = 1000
 """Length of the noise schedule SD was trained with; the U-Net's timestep runs from 999 (noise) to 0."""
-
-
-class UnsupportedModelError(ValueError):
-    """ToDo cannot act on the model: neither an ldm/sgm U-Net with self-attention nor a diffusion transformer it
-    knows (a Nunchaku model attends inside its own kernels)."""
 
 
 def _is_a(module: nn.Module, class_name: str) -> bool:
@@ -172,48 +173,11 @@ def _projection_replaced(attn: nn.Module) -> bool:
     return False
 
 
-def compiling() -> bool:
-    """Whether torch.compile is tracing this code into a graph. ToDo stays out of compiled graphs: a graph that kept
-    ToDo's Python decisions would freeze one job's settings (or ToDo itself, after removal) into every later call,
-    and its per-call record would not run. So under tracing every hook, patch and wrapper passes through, the graph
-    is the model's own, and the pass records no call of ToDo's, which the job's note then says."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
-
-
-def refuse_compiled(model: nn.Module) -> None:
-    """Raise UnsupportedModelError for a model that torch.compile has compiled (`torch.compile(model)`, which marks
-    the module and returns an OptimizedModule, or `model.compile()`): its graph would never run ToDo's hooks."""
-    if (type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None
-            or getattr(model, "_is_torch_compile", False)):
-        raise UnsupportedModelError(f"ToDo: {type(model).__name__} runs compiled by torch.compile, and ToDo does not "
-                                    "act inside compiled graphs")
-
-
-class _ToDoHook:
-    """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads; it does
-    nothing while torch.compile traces it (see `compiling`)."""
-
-    is_todo_hook = True
-
-    def __init__(self, function: Callable[..., Any]):
-        self.function = function
-
-    def __call__(self, *args: Any) -> Any:
-        if compiling():
-            return None
-        return self.function(*args)
-
-
 def progress_of_timestep(timesteps: Any) -> float:
     """Sampling progress (0 = noise, 1 = clean) of an ldm U-Net timestep (999 = noise, 0 = clean: the discrete
     schedule SD was trained on). Reads one value from the device: call it once per step, never per attention."""
     timestep = float(torch.as_tensor(timesteps).flatten()[0])
     return min(1.0, max(0.0, 1.0 - timestep / (TRAIN_TIMESTEPS - 1)))
-
-
-WindowReader = Callable[[tuple, dict], "bool | None"]
-"""Reads from a U-Net call's (args, kwargs) whether sampling is inside the step window; None where it cannot."""
 
 
 def timestep_window(config: ToDoConfig) -> WindowReader:
@@ -226,67 +190,20 @@ def timestep_window(config: ToDoConfig) -> WindowReader:
     return read
 
 
-class PassState:
-    """What the current step and U-Net call tell the self-attention layers (whether the step window is open, the
-    grid each layer received, the host's options for the call) and what ToDo did in the pass (`record`).
-
-    Host-neutral: torch hooks on the U-Net and its spatial transformers fill it from their inputs, the host glue
-    decides the step window once per step (`begin_step`), and every self-attention call goes through `kv_context`,
-    from an attn1 hook (A1111) or a host's attn1 patch (Forge family).
-    """
+class UNetPassState(PassState):
+    """PassState plus what a U-Net call tells its self-attention layers: the grid each spatial transformer received
+    in this call, and the plan of each (level, grid)."""
 
     def __init__(self, config: ToDoConfig, levels: tuple[int, ...], warned: set[str]):
-        self.config = config
+        super().__init__(config, warned)
         self.levels = levels
-        self.active = True
-        """False once the attach is removed: anything of it the host still calls passes through."""
-        self.in_window = True
-        self.unreadable_call = False
-        """The U-Net's input of this call could not be read: its attention calls are counted as errors."""
-        self.call_options: dict | None = None
-        """The `transformer_options` the host passed to this U-Net call (Forge family), None where it passes none."""
-        self.record = PassRecord()
         self.grids: dict[int, tuple[int, int]] = {}
         """Grid of each spatial transformer's input in this U-Net call, by id of the transformer."""
-        self._window_from_host = False
         self._plans: dict[tuple[int, tuple[int, int]], LevelPlan] = {}
-        self._warned = warned
-
-    def begin_step(self, in_window: bool | None) -> None:
-        """The host's step-window decision for the coming step's U-Net calls, made once per step before the U-Net
-        runs (None where the host tells no schedule position: the window is then ignored, with a warning)."""
-        self._window_from_host = True
-        self._set_window(in_window)
 
     def begin_call(self, options: Any, read_window: Callable[[], bool | None]) -> None:
-        """Start a U-Net call. Where no host decided the step window (`begin_step`), `read_window` reads it from
-        the call's input: one device read per U-Net call, for callers outside a WebUI."""
         self.grids.clear()
-        self.unreadable_call = False
-        self.call_options = options if isinstance(options, dict) else None
-        if self.config.has_step_window and not self._window_from_host:
-            self._set_window(read_window())
-
-    def fail_call(self) -> None:
-        """The U-Net's input could not be read: this call's attention runs exact and is counted as an error."""
-        self.unreadable_call = True
-        self.warn_once("unet-error", "could not read the U-Net input; attention runs unchanged", error=True)
-
-    def _set_window(self, in_window: bool | None) -> None:
-        if in_window is None and self.config.has_step_window:
-            self.warn_once("no-timestep", "the sampler told no timestep or sigma; the step window is ignored")
-        self.in_window = in_window is not False
-
-    def sits_out(self) -> bool:
-        """Whether this attention call stays exact for a reason of its whole U-Net call (the input unreadable, the
-        step outside the window), counted as such."""
-        if self.unreadable_call:
-            self.step_aside("error")
-            return True
-        if not self.in_window:
-            self.record.outside_window += 1
-            return True
-        return False
+        super().begin_call(options, read_window)
 
     def plan_for(self, level: int, grid: tuple[int, int]) -> LevelPlan:
         """The plan for a layer at `level` that received `grid` (a tile under Tiled Diffusion, the shrunken grid
@@ -300,23 +217,8 @@ class PassState:
             plan = self._plans[key] = LevelPlan(depth, level, grid, kv_grid(grid, factor), factor)
         return plan
 
-    def step_aside(self, cause: str) -> None:
-        self.record.stepped_aside(cause)
-        if cause != "error":
-            self.warn_once(cause, f"stepped aside: {ASIDE_CAUSES[cause]}; ToDo leaves those calls exact")
 
-    def fail_over(self) -> None:
-        """An error inside ToDo during one attention call: counted, logged once, and that call runs exact."""
-        self.step_aside("error")
-        self.warn_once("attn-error", "downsampling failed; attention runs unchanged", error=True)
-
-    def warn_once(self, kind: str, message: str, *, error: bool = False) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            log.warning("ToDo: %s", message, exc_info=error)
-
-
-def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int, int] | None,
+def kv_context(x: torch.Tensor, level: int, state: UNetPassState, *, grid: tuple[int, int] | None,
                context: torch.Tensor | None = None, tokens_merged: bool = False,
                blocked: str | None = None) -> torch.Tensor | None:
     """The downsampled K/V source for one self-attention call at `level`, or None to leave it exact.
@@ -360,7 +262,7 @@ def kv_context(x: torch.Tensor, level: int, state: PassState, *, grid: tuple[int
         return None
 
 
-def _unet_pre_hook(state: PassState, read_window: WindowReader) -> _ToDoHook:
+def _unet_pre_hook(state: UNetPassState, read_window: WindowReader) -> ToDoHook:
     """Starts each U-Net call: the host's options for it and, where no host decided it, the step window."""
 
     def read_call(_module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -369,10 +271,10 @@ def _unet_pre_hook(state: PassState, read_window: WindowReader) -> _ToDoHook:
         except Exception:
             state.fail_call()
 
-    return _ToDoHook(read_call)
+    return ToDoHook(read_call)
 
 
-def _grid_pre_hook(state: PassState) -> _ToDoHook:
+def _grid_pre_hook(state: UNetPassState) -> ToDoHook:
     """Reads the grid a spatial transformer really gets from its 4-D input (batch, channels, height, width)."""
 
     def read_grid(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -382,7 +284,7 @@ def _grid_pre_hook(state: PassState) -> _ToDoHook:
         else:
             state.grids.pop(id(module), None)
 
-    return _ToDoHook(read_grid)
+    return ToDoHook(read_grid)
 
 
 def _merges_tokens(block: nn.Module) -> bool:
@@ -391,7 +293,7 @@ def _merges_tokens(block: nn.Module) -> bool:
     return type(block).__name__ == "ToMeBlock"
 
 
-def _attn1_pre_hook(state: PassState, site: AttentionSite) -> _ToDoHook:
+def _attn1_pre_hook(state: UNetPassState, site: AttentionSite) -> ToDoHook:
     def swap_context(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         state.record.calls += 1
         try:
@@ -413,7 +315,7 @@ def _attn1_pre_hook(state: PassState, site: AttentionSite) -> _ToDoHook:
             state.fail_over()
             return None
 
-    return _ToDoHook(swap_context)
+    return ToDoHook(swap_context)
 
 
 def touched_sites(sites: list[AttentionSite], levels: tuple[int, ...], config: ToDoConfig) -> list[AttentionSite]:
@@ -421,7 +323,7 @@ def touched_sites(sites: list[AttentionSite], levels: tuple[int, ...], config: T
     return [site for site in sites if levels.index(site.level) <= config.max_depth]
 
 
-def hook_unet(unet: nn.Module, state: PassState, sites: list[AttentionSite], read_window: WindowReader, *,
+def hook_unet(unet: nn.Module, state: UNetPassState, sites: list[AttentionSite], read_window: WindowReader, *,
               attn1: bool) -> list[RemovableHandle]:
     """The hooks that feed `state` from the U-Net's and its spatial transformers' inputs, on the instances; with
     `attn1`, also the pre-hooks that hand each touched attn1 its downsampled keys and values (a host with an attn1
@@ -435,36 +337,6 @@ def hook_unet(unet: nn.Module, state: PassState, sites: list[AttentionSite], rea
     return hooks
 
 
-class ToDoHandle:
-    """What one attach added to a model; `remove()` takes exactly that off again."""
-
-    def __init__(self, model: nn.Module, config: ToDoConfig, state: PassState, parts: list[Any]):
-        self.model = model
-        self.config = config
-        self._state = state
-        self._parts = parts
-        """The hooks `remove()` takes off again."""
-
-    @property
-    def record(self) -> PassRecord:
-        """What ToDo did since it was attached: grids received, calls downsampled, calls stepped aside and why."""
-        return self._state.record
-
-    @property
-    def active(self) -> bool:
-        return self._state.active
-
-    def begin_step(self, in_window: bool | None) -> None:
-        """The step window for the coming step, decided by the host once per step (see PassState.begin_step)."""
-        self._state.begin_step(in_window)
-
-    def remove(self) -> None:
-        self._state.active = False
-        for part in self._parts:
-            part.remove()
-        self._parts = []
-
-
 def is_unet(model: nn.Module) -> bool:
     return all(hasattr(model, name) for name in ("input_blocks", "middle_block", "output_blocks"))
 
@@ -476,26 +348,9 @@ def apply_unet(unet: nn.Module, config: ToDoConfig, warned: set[str]) -> ToDoHan
     sites = self_attention_sites(unet)
     levels = tuple(sorted({site.level for site in sites}))
     remove_hooks(unet)
-    state = PassState(config, levels, warned)
+    state = UNetPassState(config, levels, warned)
     hooks = hook_unet(unet, state, touched_sites(sites, levels, config), timestep_window(config), attn1=True)
     return ToDoHandle(unet, config, state, hooks)
-
-
-def remove_hooks(model: nn.Module) -> int:
-    """Remove every ToDo hook (pre and post) from `model` and its submodules, whoever added them (a copy of ToDo
-    loaded before a UI reload included); returns how many."""
-    removed = 0
-    for module in model.modules():
-        for hooks, extras in ((module._forward_pre_hooks, (module._forward_pre_hooks_with_kwargs,)),
-                              (module._forward_hooks, (module._forward_hooks_with_kwargs,
-                                                       module._forward_hooks_always_called))):
-            for hook_id, hook in list(hooks.items()):
-                if getattr(hook, "is_todo_hook", False):
-                    del hooks[hook_id]
-                    for extra in extras:
-                        extra.pop(hook_id, None)
-                    removed += 1
-    return removed
 
 
 def attention_levels_by_block(unet: nn.Module) -> dict[tuple[str, int], int]:

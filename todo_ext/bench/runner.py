@@ -173,9 +173,9 @@ class HookClock:
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        from todo_ext import patch
+        from todo_ext import passes
 
-        untimed = patch._ToDoHook.__call__
+        untimed = passes.ToDoHook.__call__
 
         def timed(hook, *args):
             started = time.perf_counter()
@@ -184,11 +184,11 @@ class HookClock:
             finally:
                 self.seconds += time.perf_counter() - started
 
-        patch._ToDoHook.__call__ = timed
+        passes.ToDoHook.__call__ = timed
         try:
             yield
         finally:
-            patch._ToDoHook.__call__ = untimed
+            passes.ToDoHook.__call__ = untimed
 
 
 @dataclass

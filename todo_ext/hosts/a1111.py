@@ -9,7 +9,8 @@ from torch import nn
 
 from ..attach import apply
 from ..config import ToDoConfig
-from ..patch import UnsupportedModelError, progress_of_timestep
+from ..passes import UnsupportedModelError
+from ..patch import progress_of_timestep
 from .base import Attachment
 
 

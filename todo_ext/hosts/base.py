@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..patch import ToDoHandle
+from ..passes import ToDoHandle
 from ..record import PassRecord
 
 

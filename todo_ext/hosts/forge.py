@@ -26,18 +26,14 @@ from torch import nn
 
 from ..config import ToDoConfig
 from ..dit import apply_dit
+from ..passes import ToDoHandle, UnsupportedModelError, compiling, refuse_compiled, remove_hooks
 from ..patch import (
     AttentionSite,
-    PassState,
-    ToDoHandle,
-    UnsupportedModelError,
-    compiling,
+    UNetPassState,
     hook_unet,
     is_unet,
     kv_context,
     progress_of_timestep,
-    refuse_compiled,
-    remove_hooks,
     self_attention_sites,
     touched_sites,
 )
@@ -76,7 +72,7 @@ def _runs_patch(sd_model: Any, patch: Callable) -> bool:
     return isinstance(options, dict) and patch in _attn1_patches(options)
 
 
-def _blocked(state: PassState, n: torch.Tensor, tokens: torch.Tensor, value: torch.Tensor | None,
+def _blocked(state: UNetPassState, n: torch.Tensor, tokens: torch.Tensor, value: torch.Tensor | None,
              extra_options: dict, patch: Callable) -> str | None:
     """Why this call must stay exact, from what the host's transformer block runs around ToDo's patch: a
     replacement of the block's attention (it gets the projected K/V of our shortened tokens, and PAG's returns V,
@@ -103,7 +99,7 @@ def _blocked(state: PassState, n: torch.Tensor, tokens: torch.Tensor, value: tor
     return None
 
 
-def _make_patch(state: PassState, sites: list[AttentionSite]) -> Callable:
+def _make_patch(state: UNetPassState, sites: list[AttentionSite]) -> Callable:
     """ToDo's attn1 patch: a plain function, so a host's deep copy of `model_options` keeps it (and its `state`) by
     identity."""
     site_of_block = {site.name: site for site in sites}
@@ -147,7 +143,7 @@ def attach(sd_model: Any, config: ToDoConfig, warned: set[str]) -> Attachment:
     levels = tuple(sorted({site.level for site in sites}))
     touched = touched_sites(sites, levels, config)
     remove_hooks(model)
-    state = PassState(config, levels, warned)
+    state = UNetPassState(config, levels, warned)
     patch = _make_patch(state, touched)
     hooks = hook_unet(model, state, touched, _window_of_call(in_window), attn1=False)
     clone = _clone_sharing_patches(patcher)
