@@ -1,13 +1,16 @@
-"""Attaching ToDo to diffusion transformers: Flux, Chroma, Lumina 2 / Z-Image, Qwen-Image, Wan and SD3.
+"""Attaching ToDo to diffusion transformers: Flux (Kontext, Flux.2 Klein), Chroma, Lumina 2 / Z-Image, Qwen-Image,
+Wan, Krea 2, Anima, Ernie-Image and SD3.
 
 Their joint attention goes through a module-level function of the model's own module (`attention_function` in
-Forge's and Neo's backend/nn/flux.py, lumina.py and qwen.py, `optimized_attention` in wan.py, `attention` in
-Forge's mmditx.py and A1111's modules/models/sd3/mmdit.py), called with the keys after RoPE; no patch channel of
-the hosts reaches it. So ToDo replaces that one name for the job, chained to whatever was there, and acts only
-while the attached model runs one of its attention blocks (instance hooks on the model and the blocks say when);
-any other caller goes straight to the previous function. The image grid of each call comes from the model's
-input, read by a forward pre-hook on the model instance. `remove()` restores the name, or, where another extension
-wrapped it since, leaves ToDo's wrapper in that chain switched off.
+Forge's and Neo's backend/nn/flux.py, lumina.py, qwen.py, and Neo 2.26's krea.py, anima.py and ernie.py;
+`optimized_attention` in Neo 283cb2c4's wan.py, `attention` in Neo 2.26's; `attention` in Forge's mmditx.py and
+A1111's modules/models/sd3/mmdit.py), called with the keys after RoPE; no patch channel of the hosts reaches it.
+So ToDo replaces that one name for the job, chained to whatever was there, and acts only while the attached model
+runs one of its attention blocks (instance hooks on the model and the blocks say when); any other caller goes
+straight to the previous function. Host code that reassigns the name between model calls (Neo 2.26's
+RadialAttention) finds ToDo's wrapper put back on top of its function at the next model call. The image grid of
+each call comes from the model's input, read by a forward pre-hook on the model instance. `remove()` restores the
+name, or, where another extension wrapped it since, leaves ToDo's wrapper in that chain switched off.
 """
 
 from __future__ import annotations
@@ -32,27 +35,24 @@ WRAPPER_FLAG = "is_todo_wrapper"
 @dataclass(frozen=True)
 class CallShape:
     """A joint sequence the model's input tells: `before` kept tokens (text), the image grid, `after` kept tokens
-    (reference latents, padding: named by `after_name`); the one given as None holds whatever the attention call
-    has beyond the rest (text of a length only the call shows, references)."""
+    named `after_name` (reference latents, padding, or the text of an image-first model); `before` None holds
+    whatever the attention call has beyond the rest (SD3's context, of a length only the call shows). A call of
+    any other token count is not this sequence."""
 
     before: int | None
     grid: tuple[int, ...]
-    after: int | None = 0
+    after: int = 0
     after_name: str = "ref"
 
     def layout_for(self, tokens: int) -> JointLayout | None:
         image = math.prod(self.grid)
-        before, after = self.before, self.after
-        if before is None:
-            before = tokens - image - after
-        elif after is None:
-            after = tokens - image - before
-        if before < 0 or after < 0 or before + image + after != tokens:
+        before = tokens - image - self.after if self.before is None else self.before
+        if before < 0 or before + image + self.after != tokens:
             return None
         segments = [Segment.kept(before, "text")] if before else []
         segments.append(Segment.image(self.grid))
-        if after:
-            segments.append(Segment.kept(after, self.after_name))
+        if self.after:
+            segments.append(Segment.kept(self.after, self.after_name))
         return JointLayout(tuple(segments))
 
 
@@ -65,13 +65,67 @@ def _input(args: tuple, kwargs: dict, index: int, name: str) -> Any:
     return args[index] if len(args) > index else kwargs.get(name)
 
 
-def _text_then_image_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
-    """Flux and Chroma (backend/nn/flux.py and chroma.py forward) and Qwen-Image (backend/nn/qwen.py forward, on a
-    (batch, channels, frames, height, width) latent): text, then the image at patch 2, then any Kontext or edit
-    reference latents."""
+def _references(model: nn.Module, kwargs: dict) -> list:
+    """The reference latents the model appends after the image: its `ref_latents` argument (Neo 2.26), else the
+    host's `dynamic_args["ref_latents"]` as the model's own module sees it (Kontext, Qwen-Image-Edit, Klein)."""
+    given = kwargs.get("ref_latents")
+    if given:
+        return list(given)
+    host_args = getattr(_own_module(model), "dynamic_args", None)
+    return list(host_args.get("ref_latents") or ()) if host_args is not None else []
+
+
+def _grid_tokens(latent: torch.Tensor, patch: int) -> tuple[int, int]:
+    return _patches(latent.shape[-2], patch), _patches(latent.shape[-1], patch)
+
+
+def _flux_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Flux, Kontext, Flux.2 Klein and Chroma (backend/nn/flux.py and chroma.py forward): text, then the image at
+    the model's patch size, then the reference latents at the same. Klein's latent arrives packed (128 channels at
+    patch 1, not 32 at 2): the patch embedder must take exactly the channels of one patch of the input, else the
+    grid read would be another than the model's and no call is taken for a joint one."""
     x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
-    grid = (_patches(x.shape[-2], 2), _patches(x.shape[-1], 2))
-    return [CallShape(context.shape[1], grid, None)]
+    patch = model.patch_size
+    if model.img_in.in_features != x.shape[1] * patch * patch:
+        return []
+    references = sum(math.prod(_grid_tokens(ref, patch)) for ref in _references(model, kwargs))
+    return [CallShape(context.shape[1], _grid_tokens(x, patch), references)]
+
+
+def _qwen_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Qwen-Image (backend/nn/qwen.py forward, on a (batch, channels, frames, height, width) latent): text, then
+    the image at patch 2, then any edit reference latents."""
+    x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
+    patch = model.patch_size
+    references = sum(math.prod(_grid_tokens(ref, patch)) for ref in _references(model, kwargs))
+    return [CallShape(context.shape[1], _grid_tokens(x, patch), references)]
+
+
+def _krea_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Krea 2 (Neo 2.26 backend/nn/krea.py SingleStreamDiT.forward and _forward_with_refs): the fused text (one
+    token per context row), then the image at `model.patch`, then its `ref_latents`, each patched alike; a video
+    latent's frames are separate samples."""
+    x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
+    text = context.squeeze(1).shape[1]
+    references = sum(math.prod(_grid_tokens(ref, model.patch)) for ref in kwargs.get("ref_latents") or ())
+    return [CallShape(text, _grid_tokens(x, model.patch), references)]
+
+
+def _anima_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Anima (Neo 2.26 backend/nn/anima.py Anima.forward): self-attention over the image alone, its reference
+    latents appended as further frames before patching (1 frame x 2 x 2 patches); one frame is an image grid."""
+    x = _input(args, kwargs, 0, "x")
+    frames = x.shape[2] + sum(ref.shape[2] for ref in _references(model, kwargs))
+    grid = (_patches(frames, model.patch_temporal), *_grid_tokens(x, model.patch_spatial))
+    return [CallShape(0, grid[1:] if grid[0] == 1 else grid, 0)]
+
+
+def _ernie_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Ernie-Image (Neo 2.26 backend/nn/ernie.py ErnieImageModel.forward): the image FIRST, patched by a strided
+    conv without padding (side // patch), then the text."""
+    x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
+    patch = model.patch_size
+    return [CallShape(0, (x.shape[-2] // patch, x.shape[-1] // patch), context.shape[1], "text")]
 
 
 def _lumina_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
@@ -117,40 +171,53 @@ def _own_module(model: nn.Module) -> ModuleType:
 
 
 def _flux_module(model: nn.Module) -> ModuleType:
-    """Chroma's blocks call the `attention` they import from flux.py, which calls flux.py's `attention_function`."""
-    own = _own_module(model)
-    attention = getattr(own, "attention", None)
-    home = getattr(attention, "__module__", None)
-    return sys.modules.get(home, own)
+    """Where the `attention` that Flux's and Chroma's blocks call lives (flux.py, whose `attention_function` it
+    calls): Neo 283cb2c4's Chroma has its blocks in chroma.py, importing `attention` from flux.py; Neo 2.26's
+    imports flux.py's blocks and has no `attention` of its own."""
+    blocks_home = sys.modules[type(model.double_blocks[0]).__module__]
+    home = getattr(getattr(blocks_home, "attention", None), "__module__", None)
+    return sys.modules.get(home, blocks_home)
 
 
 @dataclass(frozen=True)
 class Family:
     """How one kind of diffusion transformer attends: its classes, the function name its attention goes through
-    and where it lives, its attention blocks in the order they run, and the joint sequences of a model call."""
+    (the first of `functions` its module has: names differ between host versions) and where it lives, its
+    attention blocks in the order they run, and the joint sequences of a model call."""
 
     name: str
     classes: tuple[str, ...]
-    function: str
+    functions: tuple[str, ...]
     home: Callable[[nn.Module], ModuleType]
     blocks: Callable[[nn.Module], list[nn.Module]]
     shapes: Callable[[nn.Module, tuple, dict], list[CallShape]]
 
+    def function_in(self, home: ModuleType) -> str:
+        return next((name for name in self.functions if callable(getattr(home, name, None))), self.functions[0])
+
 
 FAMILIES = (
-    Family("Flux", ("IntegratedFluxTransformer2DModel",), "attention_function", _flux_module,
-           lambda model: [*model.double_blocks, *model.single_blocks], _text_then_image_shapes),
-    Family("Chroma", ("IntegratedChromaTransformer2DModel",), "attention_function", _flux_module,
-           lambda model: [*model.double_blocks, *model.single_blocks], _text_then_image_shapes),
-    Family("Lumina 2 / Z-Image", ("NextDiT",), "attention_function", _own_module,
+    Family("Flux", ("IntegratedFluxTransformer2DModel",), ("attention_function",), _flux_module,
+           lambda model: [*model.double_blocks, *model.single_blocks], _flux_shapes),
+    Family("Chroma", ("IntegratedChromaTransformer2DModel",), ("attention_function",), _flux_module,
+           lambda model: [*model.double_blocks, *model.single_blocks], _flux_shapes),
+    Family("Lumina 2 / Z-Image", ("NextDiT",), ("attention_function",), _own_module,
            lambda model: [*model.noise_refiner, *model.layers], _lumina_shapes),
-    Family("Qwen-Image", ("QwenImageTransformer2DModel",), "attention_function", _own_module,
-           lambda model: list(model.transformer_blocks), _text_then_image_shapes),
-    Family("Wan", ("WanModel",), "optimized_attention", _own_module,
+    Family("Qwen-Image", ("QwenImageTransformer2DModel",), ("attention_function",), _own_module,
+           lambda model: list(model.transformer_blocks), _qwen_shapes),
+    Family("Wan", ("WanModel",), ("attention", "optimized_attention"), _own_module,
            lambda model: [block.self_attn for block in model.blocks], _wan_shapes),
-    Family("SD3", ("MMDiT", "MMDiTX"), "attention", _own_module,
+    Family("Krea 2", ("SingleStreamDiT",), ("attention_function",), _own_module,
+           lambda model: [block.attn for block in model.blocks], _krea_shapes),
+    Family("Anima", ("Anima",), ("attention_function",), _own_module,
+           lambda model: [block.self_attn for block in model.blocks], _anima_shapes),
+    Family("Ernie-Image", ("ErnieImageModel",), ("attention_function",), _own_module,
+           lambda model: list(model.layers), _ernie_shapes),
+    Family("SD3", ("MMDiT", "MMDiTX"), ("attention",), _own_module,
            lambda model: list(model.joint_blocks), _mmdit_shapes),
 )
+"""Krea's attention sites are its blocks' `attn` (with references it calls them past the blocks' forward), its text
+fusion's blocks none; Wan's and Anima's their self-attention, their cross-attention none."""
 
 
 def family_of(model: nn.Module) -> Family | None:
@@ -182,9 +249,12 @@ class _DiTState(PassState):
         self.position: int | None = None
         """The attention block running now, by its place in `Family.blocks`; None outside the blocks."""
         self.shapes: list[CallShape] = []
+        self.sparse_from: int | None = None
+        """The first block another extension's sparse attention takes this model call (Radial), None if none."""
 
-    def begin_model_call(self, shapes: list[CallShape]) -> None:
+    def begin_model_call(self, shapes: list[CallShape], sparse_from: int | None = None) -> None:
         self.shapes = shapes
+        self.sparse_from = sparse_from
         self.position = None
 
     def layout_for(self, tokens: int) -> JointLayout | None:
@@ -210,6 +280,9 @@ def _reduced_arguments(state: _DiTState, takes_mask: bool, q: torch.Tensor, k: t
         return None
     state.record.calls += 1
     if state.sits_out():
+        return None
+    if state.sparse_from is not None and state.position >= state.sparse_from:
+        state.step_aside("radial")
         return None
     layout = state.layout_for(k.shape[sequence_dim])
     if layout is None:
@@ -257,7 +330,7 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
     takes_mask = getattr(previous, "__name__", None) not in MASKLESS_FUNCTIONS
 
     def todo_attention(q, k, v, *args, **kwargs):
-        if state.active and state.running and not compiling():
+        if state.active and state.running and not todo_attention.retired and not compiling():
             try:
                 reduced = _reduced_arguments(state, takes_mask, q, k, v, args, kwargs)
             except Exception:
@@ -269,6 +342,8 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
 
     todo_attention.previous = previous
     todo_attention.state = state
+    todo_attention.retired = False
+    """Set where the attach put a newer wrapper on top (`_FunctionSwap.reclaim`): this one passes through."""
     setattr(todo_attention, WRAPPER_FLAG, True)
     return todo_attention
 
@@ -280,15 +355,50 @@ class _FunctionSwap:
     stays in their chain, switched off (its state is inactive), and a later attach unlinks it."""
 
     def __init__(self, home: ModuleType, name: str, state: _DiTState):
-        self.home, self.name = home, name
+        self.home, self.name, self.state = home, name, state
         _unlink_inactive(home, name)
         self.wrapper = _wrapper(state, getattr(home, name))
         setattr(home, name, self.wrapper)
+
+    def reclaim(self) -> Callable:
+        """At each model call: where host code set the name to another function since (Neo 2.26's RadialAttention
+        sets `wan.attention` to its sparse function or back to the one it captured at import, every step), put a
+        new ToDo wrapper on top of that function, unless ToDo's is still in its chain. Returns the function under
+        ToDo's wrapper."""
+        current = getattr(self.home, self.name)
+        if not _reaches(current, self.wrapper):
+            self.wrapper.retired = True
+            self.wrapper = _wrapper(self.state, current)
+            setattr(self.home, self.name, self.wrapper)
+        return self.wrapper.previous
 
     def remove(self) -> None:
         if getattr(self.home, self.name, None) is self.wrapper:
             setattr(self.home, self.name, self.wrapper.previous)
             _unlink_inactive(self.home, self.name)
+
+
+def _reaches(function: Callable, target: Callable) -> bool:
+    """Whether `target` is `function` or under it, following the `previous` links of wrappers that keep one (ToDo's,
+    and other extensions' like them) and the `__wrapped__` that functools.wraps leaves."""
+    seen = set()
+    while function is not None and id(function) not in seen:
+        if function is target:
+            return True
+        seen.add(id(function))
+        function = getattr(function, "previous", None) or getattr(function, "__wrapped__", None)
+    return False
+
+
+def _sparse_from(options: dict | None, under: Callable) -> int | None:
+    """Neo 2.26's RadialAttention (extensions-builtin/sd_forge_radial) puts, for the steps it is on, a
+    functools.wraps wrapper of the function it captured at import on `wan.attention`, which sends the blocks from
+    `transformer_options["radial_attn"]["dense_block"]` on to its block-sparse kernel (it asserts full-length keys
+    and no mask): ToDo leaves those blocks to it. None where Radial is off, or dense this step."""
+    radial = (options or {}).get("radial_attn")
+    if radial is None or getattr(under, "__wrapped__", None) is None:
+        return None
+    return radial["dense_block"]
 
 
 def _unlink_inactive(home: ModuleType, name: str) -> None:
@@ -300,16 +410,19 @@ def _unlink_inactive(home: ModuleType, name: str) -> None:
     setattr(home, name, function)
 
 
-def _running_hooks(model: nn.Module, blocks: list[nn.Module], state: _DiTState, family: Family,
+def _running_hooks(model: nn.Module, blocks: list[nn.Module], state: _DiTState, family: Family, swap: _FunctionSwap,
                    read_window: Callable[[tuple, dict], bool | None]) -> list[Any]:
     """Hooks on the instances that tell the wrapper when the attached model runs (and the joint sequences of its
-    call, from its input) and which of its attention blocks is running."""
+    call, from its input) and which of its attention blocks is running; each model call puts ToDo's wrapper back
+    on top of the function name where host code reassigned it."""
 
     def model_starts(module: nn.Module, args: tuple, kwargs: dict) -> None:
         state.running = True
         try:
-            state.begin_call(kwargs.get("transformer_options"), lambda: read_window(args, kwargs))
-            state.begin_model_call(family.shapes(module, args, kwargs))
+            options = kwargs.get("transformer_options")
+            under = swap.reclaim()
+            state.begin_call(options, lambda: read_window(args, kwargs))
+            state.begin_model_call(family.shapes(module, args, kwargs), _sparse_from(options, under))
         except Exception:
             state.begin_model_call([])
             state.fail_call()
@@ -351,11 +464,13 @@ def apply_dit(model: nn.Module, config: ToDoConfig, warned: set[str],
     remove_hooks(model)
     blocks = family.blocks(model)
     home = family.home(model)
-    if not callable(getattr(home, family.function, None)):
-        raise UnsupportedModelError(f"ToDo: {home.__name__}.{family.function} is not there to attach to")
+    function = family.function_in(home)
+    if not callable(getattr(home, function, None)):
+        raise UnsupportedModelError(f"ToDo: {home.__name__}.{function} is not there to attach to")
     state = _DiTState(model, config, warned, len(blocks))
-    hooks = _running_hooks(model, blocks, state, family, read_window or _no_window)
-    return ToDoHandle(model, config, state, [*hooks, _FunctionSwap(home, family.function, state)])
+    swap = _FunctionSwap(home, function, state)
+    hooks = _running_hooks(model, blocks, state, family, swap, read_window or _no_window)
+    return ToDoHandle(model, config, state, [*hooks, swap])
 
 
 def remove_dit(model: nn.Module) -> None:
@@ -363,11 +478,12 @@ def remove_dit(model: nn.Module) -> None:
     of ToDo loaded before a UI reload included), and unlink those on top."""
     family = family_of(model)
     home = family.home(model) if family is not None else None
-    function = getattr(home, family.function, None) if home is not None else None
+    name = family.function_in(home) if home is not None else None
+    function = getattr(home, name, None) if home is not None else None
     if function is None:
         return
     while getattr(function, WRAPPER_FLAG, False):
         if function.state.model is model:
             function.state.active = False
         function = function.previous
-    _unlink_inactive(home, family.function)
+    _unlink_inactive(home, name)

@@ -17,6 +17,7 @@ ASIDE_CAUSES = {
     "token-merging": "Token merging changed the tokens",
     "hypertile": "Hypertile tiles the layer",
     "grid": "the tokens fit no grid that ToDo could read",
+    "radial": "RadialAttention runs the block sparse (its kernel takes every key)",
     "error": "an error inside ToDo (logged once)",
 }
 """Why ToDo left a self-attention call exact, in the words the infotext uses."""
