@@ -24,6 +24,13 @@ from todo_ext.bench.dit_stub import (
     forge_attention,
     forge_flux,
     forge_mmditx,
+    neo226_anima,
+    neo226_args,
+    neo226_chroma,
+    neo226_ernie,
+    neo226_flux,
+    neo226_krea,
+    neo226_wan,
     neo_args,
     neo_attention,
     neo_chroma,
@@ -41,6 +48,11 @@ ATTENTION_NAMES = {
     neo_lumina: "attention_function",
     neo_qwen: "attention_function",
     neo_wan: "optimized_attention",
+    neo226_flux: "attention_function",
+    neo226_wan: "attention",
+    neo226_krea: "attention_function",
+    neo226_anima: "attention_function",
+    neo226_ernie: "attention_function",
     forge_mmditx: "attention",
     a1111_other_impls: "attention",
     a1111_mmdit: "attention",
@@ -70,7 +82,8 @@ class Case:
     kept: tuple[tuple[tuple[str, int], ...], ...]
     """What the K/V record names as kept in each of those sequences, in the same order."""
     references: list = field(default_factory=list)
-    """Reference latents the host hands over in `dynamic_args["ref_latents"]` (Flux Kontext, Qwen-Image-Edit)."""
+    """Reference latents the host hands over in `dynamic_args["ref_latents"]` (Flux Kontext, Qwen-Image-Edit; on
+    Neo 2.26 Flux.2 Klein and Anima)."""
 
     def run(self, model: nn.Module | None = None) -> torch.Tensor:
         with torch.no_grad(), references(self.references):
@@ -88,12 +101,13 @@ class Case:
 
 @contextlib.contextmanager
 def references(latents: list) -> Iterator[None]:
-    previous = neo_args.dynamic_args.get("ref_latents")
-    neo_args.dynamic_args["ref_latents"] = latents
+    """`latents` as both Neo versions' `dynamic_args` reference latents for the run."""
+    previous = neo_args.dynamic_args.get("ref_latents"), neo226_args.dynamic_args.ref_latents
+    neo_args.dynamic_args["ref_latents"] = neo226_args.dynamic_args.ref_latents = latents
     try:
         yield
     finally:
-        neo_args.dynamic_args["ref_latents"] = previous
+        neo_args.dynamic_args["ref_latents"], neo226_args.dynamic_args.ref_latents = previous
 
 
 def _seeded(seed: int = 0) -> torch.Generator:
@@ -195,6 +209,90 @@ def sd3_a1111(batch: int = 2, latent=(8, 10), seed: int = 0) -> Case:
                 "attention", (latent[0] // 2, latent[1] // 2), ((context, 0),), ((("text", context),),))
 
 
+def flux226(batch: int = 2, latent=LATENT, kontext=None, seed: int = 0) -> Case:
+    """Neo 2.26's Flux.1 with one Kontext reference latent of (height, width) `kontext` passed as `ref_latents=`."""
+    generator = _seeded(seed)
+    model = neo226_flux.IntegratedFluxTransformer2DModel().eval()
+    kwargs = {"context": _text(batch, generator), "y": torch.randn(batch, 8, generator=generator)}
+    refs = [] if kontext is None else [torch.randn(1, 4, *kontext, generator=generator)]
+    if refs:
+        kwargs["ref_latents"] = refs
+    ref_tokens = sum(_patches(ref.shape[-2]) * _patches(ref.shape[-1]) for ref in refs)
+    kept = (("text", TEXT), ("ref", ref_tokens)) if refs else (("text", TEXT),)
+    return Case("kontext-226" if refs else "flux-226", model,
+                (torch.randn(batch, 4, *latent, generator=generator), torch.full((batch,), 0.5)), kwargs,
+                neo226_flux, "attention_function", (_patches(latent[0]), _patches(latent[1])), ((TEXT, ref_tokens),),
+                (kept,))
+
+
+def klein(batch: int = 2, latent=LATENT, reference=(4, 6), seed: int = 0) -> Case:
+    """Neo 2.26's Flux.2 Klein: its latent arrives packed (8 channels here for 128) and is patched at 1, so the
+    image grid is the latent's own; one reference latent in `dynamic_args` (as the Klein engine hands its img2img
+    init latent), patched alike after the image."""
+    generator = _seeded(seed)
+    model = neo226_flux.IntegratedFluxTransformer2DModel(in_channels=8, out_channels=8, patch_size=1,
+                                                         default_ref_method="index").eval()
+    refs = [torch.randn(1, 8, *reference, generator=generator)]
+    ref_tokens = math.prod(reference)
+    return Case("klein", model, (torch.randn(batch, 8, *latent, generator=generator), torch.full((batch,), 0.5)),
+                {"context": _text(batch, generator), "y": torch.randn(batch, 8, generator=generator)}, neo226_flux,
+                "attention_function", latent, ((TEXT, ref_tokens),), ((("text", TEXT), ("ref", ref_tokens)),), refs)
+
+
+def chroma226(batch: int = 2, latent=LATENT, seed: int = 0) -> Case:
+    """Neo 2.26's Chroma: flux.py's blocks, so flux.py's `attention_function`."""
+    generator = _seeded(seed)
+    model = neo226_chroma.IntegratedChromaTransformer2DModel().eval()
+    return Case("chroma-226", model, (torch.randn(batch, 4, *latent, generator=generator),
+                                      torch.full((batch,), 0.5), _text(batch, generator)), {}, neo226_flux,
+                "attention_function", (_patches(latent[0]), _patches(latent[1])), ((TEXT, 0),), ((("text", TEXT),),))
+
+
+def wan226(batch: int = 2, frames: int = 3, latent=LATENT, num_layers: int = 2, seed: int = 0) -> Case:
+    """Neo 2.26's Wan: the self-attention through the rebindable `attention`, the cross-attention past it."""
+    generator = _seeded(seed)
+    model = neo226_wan.WanModel(num_layers=num_layers).eval()
+    return Case("wan-226", model, (torch.randn(batch, 4, frames, *latent, generator=generator),
+                                   torch.full((batch,), 500.0), _text(batch, generator)), {}, neo226_wan, "attention",
+                (frames, _patches(latent[0]), _patches(latent[1])), ((0, 0),), ((),))
+
+
+def krea(batch: int = 2, latent=LATENT, reference=None, seed: int = 0) -> Case:
+    """Neo 2.26's Krea 2: the context is (batch, text, 3 encoder layers x 16); `reference` the (height, width) of
+    one `ref_latents` latent, after the image."""
+    generator = _seeded(seed)
+    model = neo226_krea.SingleStreamDiT().eval()
+    kwargs = {}
+    ref_tokens = 0
+    if reference is not None:
+        kwargs["ref_latents"] = [torch.randn(1, 4, *reference, generator=generator)]
+        ref_tokens = _patches(reference[0]) * _patches(reference[1])
+    kept = (("text", TEXT), ("ref", ref_tokens)) if ref_tokens else (("text", TEXT),)
+    return Case("krea-ref" if ref_tokens else "krea", model,
+                (torch.randn(batch, 4, *latent, generator=generator), torch.full((batch,), 0.5),
+                 torch.randn(batch, TEXT, 3 * 16, generator=generator)), kwargs, neo226_krea, "attention_function",
+                (_patches(latent[0]), _patches(latent[1])), ((TEXT, ref_tokens),), (kept,))
+
+
+def anima(batch: int = 2, latent=LATENT, seed: int = 0) -> Case:
+    """Neo 2.26's Anima on a one-frame (batch, channels, 1, height, width) latent: self-attention over the image
+    alone, cross-attention to the text left exact."""
+    generator = _seeded(seed)
+    model = neo226_anima.Anima().eval()
+    return Case("anima", model, (torch.randn(batch, 4, 1, *latent, generator=generator), torch.full((batch,), 0.5),
+                                 _text(batch, generator)), {}, neo226_anima, "attention_function",
+                (_patches(latent[0]), _patches(latent[1])), ((0, 0),), ((),))
+
+
+def ernie(batch: int = 2, latent=LATENT, seed: int = 0) -> Case:
+    """Neo 2.26's Ernie-Image: the image first (patch 1 on a packed latent), the text after it."""
+    generator = _seeded(seed)
+    model = neo226_ernie.ErnieImageModel().eval()
+    return Case("ernie", model, (torch.randn(batch, 8, *latent, generator=generator), torch.full((batch,), 0.5),
+                                 _text(batch, generator)), {}, neo226_ernie, "attention_function", latent,
+                ((0, TEXT),), ((("text", TEXT),),))
+
+
 BUILDERS = {
     "flux": flux,
     "flux-kontext": lambda **kw: flux(kontext=(6, 8), **kw),
@@ -208,6 +306,14 @@ BUILDERS = {
     "wan-concat": lambda **kw: wan(concat_frames=2, **kw),
     "sd35-forge": sd35_forge,
     "sd3-a1111": sd3_a1111,
+    "kontext-226": lambda **kw: flux226(kontext=(6, 8), **kw),
+    "klein": klein,
+    "chroma-226": chroma226,
+    "wan-226": wan226,
+    "krea": krea,
+    "krea-ref": lambda **kw: krea(reference=(6, 6), **kw),
+    "anima": anima,
+    "ernie": ernie,
 }
 
 

@@ -92,7 +92,10 @@ class WanModel(nn.Module):
     """Mirrors wan.py WanModel: forward(x, timestep, context, clip_fea=None, time_dim_concat=None,
     transformer_options={}, **kwargs) on (batch, channels, frames, height, width): pads to the patch size, appends
     `time_dim_concat` (padded too) as further frames, gives each patch the RoPE ids (frame, row, column), and
-    forward_orig patch-embeds with a Conv3d and runs the blocks on the (frames * rows * cols) tokens."""
+    forward_orig patch-embeds with a Conv3d and runs the blocks on the (frames * rows * cols) tokens. Its blocks are
+    `attention_block` (Neo 2.26's wan.py stand-in has its own)."""
+
+    attention_block = WanAttentionBlock
 
     def __init__(self, patch_size=(1, 2, 2), text_len=8, in_dim=4, dim=64, ffn_dim=128, freq_dim=32, text_dim=16,
                  out_dim=4, num_heads=2, num_layers=2, qk_norm=True, cross_attn_norm=True, eps=1e-6):
@@ -104,7 +107,7 @@ class WanModel(nn.Module):
         self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
         self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
-        self.blocks = nn.ModuleList(WanAttentionBlock(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
+        self.blocks = nn.ModuleList(self.attention_block(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
                                     for _ in range(num_layers))
         self.head = Head(dim, out_dim, patch_size, eps)
         head_dim = dim // num_heads
