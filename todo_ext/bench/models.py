@@ -38,8 +38,9 @@ LATENT_SCALE = 8
 
 
 def build_unet(layout: str = "sd15", width: int = FULL_WIDTH, *, context_dim: int | None = None,
-               seed: int = 0) -> UNetModel:
-    """An ldm UNetModel in eval mode with seeded random weights; `width` is model_channels (320 in SD).
+               in_channels: int = 4, seed: int = 0) -> UNetModel:
+    """An ldm UNetModel in eval mode with seeded random weights; `width` is model_channels (320 in SD),
+    `in_channels` the latent's channels (and the output's).
 
     ldm zero-initialises the output projections of every block (they are trained later); with those left at
     zero the attention layers would not reach the output at all, so they get torch's default init instead.
@@ -53,7 +54,7 @@ def build_unet(layout: str = "sd15", width: int = FULL_WIDTH, *, context_dim: in
         params["num_head_channels"] = min(64, width // 2)
     torch.manual_seed(seed)
     unet = UNetModel(
-        image_size=32, in_channels=4, out_channels=4, model_channels=width, num_res_blocks=2,
+        image_size=32, in_channels=in_channels, out_channels=in_channels, model_channels=width, num_res_blocks=2,
         use_spatial_transformer=True, use_checkpoint=False, legacy=False, **params,
     )
     for module in unet.modules():
@@ -93,7 +94,7 @@ def unet_inputs(unet: UNetModel, batch: int, latent_height: int, latent_width: i
     param = next(unet.parameters())
     generator = torch.Generator().manual_seed(seed)
     context_dim = next(m.attn2.to_k.in_features for m in unet.modules() if hasattr(m, "attn2"))
-    x = torch.randn(batch, 4, latent_height, latent_width, generator=generator)
+    x = torch.randn(batch, unet.in_channels, latent_height, latent_width, generator=generator)
     context = torch.randn(batch, context_tokens, context_dim, generator=generator)
     timesteps = torch.full((batch,), float(timestep))
     return x.to(param), timesteps.to(param.device), context.to(param)
