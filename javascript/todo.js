@@ -15,7 +15,8 @@
     const DIT_PATCH = 2;
     const DIT_SCOPES = ["the middle half of the blocks", "the middle three quarters of the blocks",
         "all blocks but the first and last", "every block"];
-    const TEXT_KEPT = ["Flux", "Chroma", "Lumina 2 / Z-Image", "Qwen-Image", "SD3"]; // joint attention with the text
+    // Joint attention with the text (Ernie-Image's after the image); Anima's self-attention is over the image alone.
+    const TEXT_KEPT = ["Flux", "Chroma", "Lumina 2 / Z-Image", "Qwen-Image", "Krea 2", "Ernie-Image", "SD3"];
     const PER_FRAME = ["Wan"]; // self-attention over the video alone, each frame downsampled on its own
     // Relative to the page, as the WebUI's own progressbar.js asks ./internal/progress (a --subpath or a proxy).
     const LAYOUT_ROUTE = "./todo/v1/layout";

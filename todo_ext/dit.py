@@ -79,24 +79,18 @@ def _grid_tokens(latent: torch.Tensor, patch: int) -> tuple[int, int]:
     return _patches(latent.shape[-2], patch), _patches(latent.shape[-1], patch)
 
 
-def _flux_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
-    """Flux, Kontext, Flux.2 Klein and Chroma (backend/nn/flux.py and chroma.py forward): text, then the image at
-    the model's patch size, then the reference latents at the same. Klein's latent arrives packed (128 channels at
-    patch 1, not 32 at 2): the patch embedder must take exactly the channels of one patch of the input, else the
-    grid read would be another than the model's and no call is taken for a joint one."""
+def _text_then_image_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
+    """Flux, Kontext, Flux.2 Klein and Chroma (backend/nn/flux.py and chroma.py forward) and Qwen-Image
+    (backend/nn/qwen.py forward, on a (batch, channels, frames, height, width) latent): text, then the image at the
+    model's patch size, then the reference latents patched alike. Klein's latent arrives packed (128 channels at
+    patch 1, not 32 at 2): the patch embedder (where its layer tells its width) must take exactly the channels of
+    one patch of the input, else the grid read would be another than the model's, and no call is taken for a
+    joint one."""
     x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
     patch = model.patch_size
-    if model.img_in.in_features != x.shape[1] * patch * patch:
+    embeds = getattr(model.img_in, "in_features", None)
+    if embeds is not None and embeds != x.shape[1] * patch * patch:
         return []
-    references = sum(math.prod(_grid_tokens(ref, patch)) for ref in _references(model, kwargs))
-    return [CallShape(context.shape[1], _grid_tokens(x, patch), references)]
-
-
-def _qwen_shapes(model: nn.Module, args: tuple, kwargs: dict) -> list[CallShape]:
-    """Qwen-Image (backend/nn/qwen.py forward, on a (batch, channels, frames, height, width) latent): text, then
-    the image at patch 2, then any edit reference latents."""
-    x, context = _input(args, kwargs, 0, "x"), _input(args, kwargs, 2, "context")
-    patch = model.patch_size
     references = sum(math.prod(_grid_tokens(ref, patch)) for ref in _references(model, kwargs))
     return [CallShape(context.shape[1], _grid_tokens(x, patch), references)]
 
@@ -198,13 +192,13 @@ class Family:
 
 FAMILIES = (
     Family("Flux", ("IntegratedFluxTransformer2DModel",), ("attention_function",), _flux_module,
-           lambda model: [*model.double_blocks, *model.single_blocks], _flux_shapes),
+           lambda model: [*model.double_blocks, *model.single_blocks], _text_then_image_shapes),
     Family("Chroma", ("IntegratedChromaTransformer2DModel",), ("attention_function",), _flux_module,
-           lambda model: [*model.double_blocks, *model.single_blocks], _flux_shapes),
+           lambda model: [*model.double_blocks, *model.single_blocks], _text_then_image_shapes),
     Family("Lumina 2 / Z-Image", ("NextDiT",), ("attention_function",), _own_module,
            lambda model: [*model.noise_refiner, *model.layers], _lumina_shapes),
     Family("Qwen-Image", ("QwenImageTransformer2DModel",), ("attention_function",), _own_module,
-           lambda model: list(model.transformer_blocks), _qwen_shapes),
+           lambda model: list(model.transformer_blocks), _text_then_image_shapes),
     Family("Wan", ("WanModel",), ("attention", "optimized_attention"), _own_module,
            lambda model: [block.self_attn for block in model.blocks], _wan_shapes),
     Family("Krea 2", ("SingleStreamDiT",), ("attention_function",), _own_module,
@@ -398,7 +392,7 @@ def _sparse_from(options: dict | None, under: Callable) -> int | None:
     radial = (options or {}).get("radial_attn")
     if radial is None or getattr(under, "__wrapped__", None) is None:
         return None
-    return radial["dense_block"]
+    return radial.get("dense_block", 0)
 
 
 def _unlink_inactive(home: ModuleType, name: str) -> None:

@@ -402,6 +402,12 @@ describe("the loaded model's layout (GET todo/v1/layout)", () => {
         // Wan attends over the video alone, each frame downsampled on its own: no text in its self-attention.
         assert.equal((await shown("wan", {width: 832, height: 480})).first,
             "First pass 832×480: Wan image tokens per frame 1560 (30x52) → 390 (15x26, 2x)");
+        // Neo 2.26's Ernie-Image (patch 1 on the latent at pixels / 16, the same grid) keeps its text after the image;
+        // Anima's self-attention has no text.
+        assert.match((await shown("ernie")).first,
+            /: Ernie-Image image tokens 4096 \(64x64\) → 1024 \(32x32, 2x\) \+ the prompt's text tokens kept$/);
+        assert.equal((await shown("anima")).first,
+            "First pass 1024×1024: Anima image tokens 4096 (64x64) → 1024 (32x32, 2x)");
         // A family this line does not know: its tokens, no claim about text.
         assert.equal((await shown({kind: "dit", family: "Future DiT"})).first,
             "First pass 1024×1024: Future DiT image tokens 4096 (64x64) → 1024 (32x32, 2x)");

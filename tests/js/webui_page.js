@@ -40,6 +40,8 @@ const LAYOUT_ANSWERS = {
     lumina: {kind: "dit", family: "Lumina 2 / Z-Image"},
     qwen: {kind: "dit", family: "Qwen-Image"},
     wan: {kind: "dit", family: "Wan"},
+    ernie: {kind: "dit", family: "Ernie-Image"},
+    anima: {kind: "dit", family: "Anima"},
     sd3: {kind: "dit", family: "SD3"},
     unknown: {kind: "unknown"},
 };
