@@ -1,7 +1,6 @@
 """`apply` and `remove` for every model ToDo knows: ldm/sgm U-Nets (SD1.x, SD2.x, SDXL) through hooks on their
 instances, diffusion transformers (Flux and Flux.2 Klein, Chroma, Lumina 2 / Z-Image, Qwen-Image, Wan, Krea 2, Anima,
-Ernie-Image, SD3) through their attention
-function, swapped for the job."""
+Ernie-Image, SD3) through their attention function, swapped for the job."""
 
 from __future__ import annotations
 
