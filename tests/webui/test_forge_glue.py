@@ -38,9 +38,9 @@ def job(webui, unet):
                                           configs=[patch.state.config for patch in patches],
                                           options=p.sd_model.forge_objects.unet.model_options))
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
-        script_callbacks.cfg_denoiser_callback(
-            script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, context, context, types.SimpleNamespace(p=p)))
         sigma = forge_host.sigma_at_timestep(p.sd_model, 500)
+        script_callbacks.cfg_denoiser_callback(
+            script_callbacks.CFGDenoiserParams(x, None, sigma, 0, 1, context, context, types.SimpleNamespace(p=p)))
         return forge_host.calc_cond_uncond_batch(p.sd_model.forge_objects.unet, x, sigma, context)
 
     def run(args=(), *, model=None, sample=sample, token_merging_ratio=0.0, **p_fields):
@@ -211,3 +211,20 @@ def test_a_dit_job_writes_its_joint_attention_into_the_kv_line(job):
            "window" in infotext
     assert INFOTEXT_NOTE_KEY not in infotext
     assert neo_flux.attention_function is original
+
+
+class ScheduleWithoutPercents(forge_host.Prediction):
+    """A schedule whose percent_to_sigma fails, as a host's custom schedule might."""
+
+    def percent_to_sigma(self, percent):
+        raise ValueError("no percent on this schedule")
+
+
+def test_a_step_window_that_cannot_be_decided_is_not_applied_and_the_note_says_why(job, unet):
+    model = forge_host.ForgeDiffusionEngine(
+        unet, model_class=lambda diffusion_model: forge_host.KModel(diffusion_model, ScheduleWithoutPercents()))
+    _, processed = job.run(ToDoArgs(enabled=True, start=0.3), model=model, width=128, height=128)
+    infotext = processed.infotexts[0]
+    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}: d0 16x16->8x8 (2x) in 5 calls," in infotext
+    assert (f'{INFOTEXT_NOTE_KEY}: "step window not applied in 5 self-attention calls: the schedule\'s '
+            'percent_to_sigma raised ValueError"') in infotext

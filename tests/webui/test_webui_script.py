@@ -524,3 +524,26 @@ def test_the_step_window_is_decided_once_per_step_from_the_samplers_values(job, 
     assert record.outside_window == 5 and record.downsampled == 5
     assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls; 5 calls outside the step window" in processed.infotexts[0]
 
+
+
+def raising_sigma_to_t(_sigma):
+    raise ValueError("sigma beyond the schedule")
+
+
+@pytest.mark.parametrize(("sigmas", "inner_model", "why"), [
+    ([999.0, 8991.0], types.SimpleNamespace(sigma_to_t=raising_sigma_to_t), "the sampler's schedule raised ValueError"),
+    (None, None, "the sampler told no sigma"),
+], ids=["schedule-raises", "no-sigma"])
+def test_a_step_window_that_cannot_be_decided_is_not_applied_and_the_note_says_why(job, sigmas, inner_model, why):
+    """ToDo acts on every step whose window the sampler's values cannot place, and says so: the K/V line counts
+    those calls as acted on (none outside the window), the note names the cause. At the default Start/End the
+    window does not matter, and nothing is noted."""
+    args = ToDoArgs(enabled=True, ratio=0.75, start=0.0, end=0.5)
+    _, processed = job.run(args, steps=2, sigmas=sigmas, inner_model=inner_model, width=128, height=128)
+    infotext = processed.infotexts[0]
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 10 calls," in infotext and "outside the step window" not in infotext
+    assert f'{INFOTEXT_NOTE_KEY}: "step window not applied in 10 self-attention calls: {why}"' in infotext
+    assert "ToDo start: 0.0" in infotext and "ToDo end: 0.5" in infotext
+    _, whole = job.run(ToDoArgs(enabled=True, ratio=0.75), steps=2, sigmas=sigmas, inner_model=inner_model,
+                       width=128, height=128)
+    assert INFOTEXT_NOTE_KEY not in whole.infotexts[0]
