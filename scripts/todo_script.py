@@ -145,6 +145,7 @@ class ToDoScript(scripts.Script):
         p.todo_pass_config = config
         if config is None or not attach(p, config):
             return
+        hosts.when_sampling_ends(getattr(p, "sampler", None), remove_all_hooks)
         job = _job_of(p)
         p.extra_generation_params.update(todo_args.infotext_params(job_args))
         p.extra_generation_params[KV_KEYS[kind]] = job.kv_line(kind)
@@ -234,8 +235,9 @@ def attach(p, config):
 def on_denoiser_step(params):
     """Runs before every step's U-Net calls of every sampling job, scripted or not (CFGDenoiser.forward).
 
-    Another job than the one that attached ToDo (one that raised skipped its postprocess; jobs with `p.scripts`
-    None never call scripts) finds and removes the attachments here before its first U-Net call. In the attaching
+    Another job than the one that attached ToDo finds and removes the attachments here before its first U-Net call
+    (where the pass's sampler could not be wrapped to take them off, and a job that raised skipped its postprocess;
+    jobs with `p.scripts` None never call scripts). In the attaching
     job, the refiner loads another model in the middle of a pass (sd_samplers_common.apply_refiner) with no script
     hook in between; this attaches to the new model before its first call (Forge reads `forge_objects.unet` anew
     for every step). Then the step window is decided for the step, once, before the U-Net runs."""

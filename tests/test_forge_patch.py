@@ -226,6 +226,36 @@ def test_reforge_object_patched_schedule_is_the_one_read():
     assert handle.record.downsampled == 5
 
 
+class NoSchedule(forge_host.KModel):
+    """A model object that tells no schedule (neither `predictor` nor `model_sampling`), calling the U-Net at a
+    fixed timestep."""
+
+    def __init__(self, diffusion_model):
+        super().__init__(diffusion_model)
+        self.predictor = None
+
+    def apply_model(self, x, sigma, context, transformer_options, **extra_conds):
+        return forge_host.forge_unet_call(self.diffusion_model, x, torch.full((x.shape[0],), 500.0), context,
+                                          transformer_options, **extra_conds)
+
+
+def test_a_host_that_tells_no_schedule_gets_no_step_window_and_the_record_says_why(caplog):
+    unet = build_unet("sd15", width=32)
+    sd_model = forge_host.ForgeDiffusionEngine(unet, NoSchedule)
+    attachment = forge.attach(sd_model, todo_ext.ToDoConfig(start=0.5), set())
+    x, _, context = unet_inputs(unet, 1, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="todo_ext"):
+        attachment.begin_step(torch.tensor([1.0]), None)
+        forge_run_at_sigma(sd_model, x, 1.0, context)
+        forge_run_at_sigma(sd_model, x, 1.0, context)
+    record = attachment.record
+    assert record.downsampled == 10 and record.outside_window == 0
+    assert record.window_notes() == ["step window not applied in 10 self-attention calls: the host tells no schedule"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "ToDo: step window not applied: the host tells no schedule; ToDo acts on the step as if it were inside the "
+        "window"]
+
+
 class IPAdapterLike(torch.nn.Module):
     """An attn2 replacement holding its weights, as Forge's IPAdapterPlus CrossAttentionPatch holds IPAdapter."""
 

@@ -64,3 +64,15 @@ def test_records_of_one_pass_kind_merge():
     merged = PassRecord.merged([first, second])
     assert (merged.calls, merged.outside_window, merged.downsampled) == (10, 2, 2)
     assert merged.aside == {"hypertile": 1}
+
+
+def test_a_step_window_that_could_not_be_decided_is_noted_with_its_cause():
+    first, second = PassRecord(), PassRecord()
+    assert first.window_notes() == []
+    first.window_unknown["the sampler told no sigma"] += 1
+    second.window_unknown.update({"the sampler told no sigma": 4, "the sampler's schedule raised ValueError": 5})
+    assert first.window_notes() == ["step window not applied in 1 self-attention call: the sampler told no sigma"]
+    assert PassRecord.merged([first, second]).window_notes() == [
+        "step window not applied in 5 self-attention calls: the sampler told no sigma",
+        "step window not applied in 5 self-attention calls: the sampler's schedule raised ValueError",
+    ]

@@ -27,7 +27,16 @@ from torch import nn
 
 from .config import MAX_DEPTH, ToDoConfig
 from .joint import JointLayout, Segment, joint_plan, proportional_bias, reduce_keys_values, reduced_grid
-from .passes import PassState, ToDoHandle, ToDoHook, UnsupportedModelError, compiling, refuse_compiled, remove_hooks
+from .passes import (
+    PassState,
+    ToDoHandle,
+    ToDoHook,
+    UnknownWindow,
+    UnsupportedModelError,
+    compiling,
+    refuse_compiled,
+    remove_hooks,
+)
 
 WRAPPER_FLAG = "is_todo_wrapper"
 
@@ -405,7 +414,7 @@ def _unlink_inactive(home: ModuleType, name: str) -> None:
 
 
 def _running_hooks(model: nn.Module, blocks: list[nn.Module], state: _DiTState, family: Family, swap: _FunctionSwap,
-                   read_window: Callable[[tuple, dict], bool | None]) -> list[Any]:
+                   read_window: Callable[[tuple, dict], bool]) -> list[Any]:
     """Hooks on the instances that tell the wrapper when the attached model runs (and the joint sequences of its
     call, from its input) and which of its attention blocks is running; each model call puts ToDo's wrapper back
     on top of the function name where host code reassigned it."""
@@ -436,14 +445,14 @@ def _running_hooks(model: nn.Module, blocks: list[nn.Module], state: _DiTState, 
     return hooks
 
 
-def _no_window(_args: tuple, _kwargs: dict) -> None:
+def _no_window(_args: tuple, _kwargs: dict) -> bool:
     """DiTs take their timestep on each host's own scale: outside a WebUI the caller decides the step window per
-    step (`handle.begin_step`), else it is ignored, with a warning."""
-    return None
+    step (`handle.begin_step`); where it does not, the window is not applied, and the record says why."""
+    raise UnknownWindow("no host decided the step, and a DiT's own timestep has no common scale")
 
 
 def apply_dit(model: nn.Module, config: ToDoConfig, warned: set[str],
-              read_window: Callable[[tuple, dict], bool | None] | None = None) -> ToDoHandle:
+              read_window: Callable[[tuple, dict], bool] | None = None) -> ToDoHandle:
     """Attach ToDo to a diffusion transformer; raises UnsupportedModelError where it is none ToDo knows."""
     family = family_of(model)
     classes = {cls.__name__ for cls in type(model).__mro__}

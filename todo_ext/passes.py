@@ -56,8 +56,16 @@ class ToDoHook:
         return self.function(*args)
 
 
-WindowReader = Callable[[tuple, dict], "bool | None"]
-"""Reads from a U-Net call's (args, kwargs) whether sampling is inside the step window; None where it cannot."""
+class UnknownWindow(Exception):
+    """Raised by a step-window reader that cannot place the step in the schedule; its message says why, in the words
+    of the infotext's note ("the host tells no schedule")."""
+
+
+WindowReader = Callable[[tuple, dict], bool]
+"""Reads from a U-Net call's (args, kwargs) whether sampling is inside the step window; raises UnknownWindow where
+it cannot."""
+
+NO_SCHEDULE_POSITION = "the host told no position in the schedule"
 
 
 class PassState:
@@ -73,6 +81,8 @@ class PassState:
         self.active = True
         """False once the attach is removed: anything of it the host still calls passes through."""
         self.in_window = True
+        self.window_unknown: str | None = None
+        """Why the step window of this step could not be decided (its calls then act as if inside it), or None."""
         self.unreadable_call = False
         """The U-Net's input of this call could not be read: its attention calls are counted as errors."""
         self.call_options: dict | None = None
@@ -81,39 +91,49 @@ class PassState:
         self._window_from_host = False
         self._warned = warned
 
-    def begin_step(self, in_window: bool | None) -> None:
+    def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION) -> None:
         """The host's step-window decision for the coming step's U-Net calls, made once per step before the U-Net
-        runs (None where the host tells no schedule position: the window is then ignored, with a warning)."""
+        runs. None where it could not be decided (`why_unknown` says why): the step's calls then act as if inside
+        the window, and the record counts them with that cause."""
         self._window_from_host = True
-        self._set_window(in_window)
+        self._set_window(in_window, why_unknown)
 
-    def begin_call(self, options: Any, read_window: Callable[[], bool | None]) -> None:
+    def begin_call(self, options: Any, read_window: Callable[[], bool]) -> None:
         """Start a U-Net call. Where no host decided the step window (`begin_step`), `read_window` reads it from
-        the call's input: one device read per U-Net call, for callers outside a WebUI."""
+        the call's input (raising UnknownWindow where it cannot): one device read per U-Net call, for callers
+        outside a WebUI."""
         self.unreadable_call = False
         self.call_options = options if isinstance(options, dict) else None
         if self.config.has_step_window and not self._window_from_host:
-            self._set_window(read_window())
+            try:
+                self._set_window(read_window(), NO_SCHEDULE_POSITION)
+            except UnknownWindow as unknown:
+                self._set_window(None, str(unknown))
 
     def fail_call(self) -> None:
         """The U-Net's input could not be read: this call's attention runs exact and is counted as an error."""
         self.unreadable_call = True
         self.warn_once("unet-error", "could not read the U-Net input; attention runs unchanged", error=True)
 
-    def _set_window(self, in_window: bool | None) -> None:
-        if in_window is None and self.config.has_step_window:
-            self.warn_once("no-timestep", "the sampler told no timestep or sigma; the step window is ignored")
+    def _set_window(self, in_window: bool | None, why_unknown: str) -> None:
+        self.window_unknown = why_unknown if in_window is None and self.config.has_step_window else None
+        if self.window_unknown is not None:
+            self.warn_once(f"window: {why_unknown}", f"step window not applied: {why_unknown}; ToDo acts on the "
+                                                     "step as if it were inside the window")
         self.in_window = in_window is not False
 
     def sits_out(self) -> bool:
         """Whether this attention call stays exact for a reason of its whole U-Net call (the input unreadable, the
-        step outside the window), counted as such."""
+        step outside the window), counted as such; a call of a step whose window could not be decided goes on and
+        is counted with that cause."""
         if self.unreadable_call:
             self.step_aside("error")
             return True
         if not self.in_window:
             self.record.outside_window += 1
             return True
+        if self.window_unknown is not None:
+            self.record.window_unknown[self.window_unknown] += 1
         return False
 
     def step_aside(self, cause: str) -> None:
@@ -151,9 +171,9 @@ class ToDoHandle:
     def active(self) -> bool:
         return self._state.active
 
-    def begin_step(self, in_window: bool | None) -> None:
+    def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION) -> None:
         """The step window for the coming step, decided by the host once per step (see PassState.begin_step)."""
-        self._state.begin_step(in_window)
+        self._state.begin_step(in_window, why_unknown)
 
     def remove(self) -> None:
         self._state.active = False

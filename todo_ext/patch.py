@@ -29,6 +29,7 @@ from .passes import (
     PassState,
     ToDoHandle,
     ToDoHook,
+    UnknownWindow,
     UnsupportedModelError,
     WindowReader,
     refuse_compiled,
@@ -183,9 +184,11 @@ def progress_of_timestep(timesteps: Any) -> float:
 def timestep_window(config: ToDoConfig) -> WindowReader:
     """The step window read from the timestep an ldm-layout U-Net gets (its second argument)."""
 
-    def read(args: tuple, kwargs: dict) -> bool | None:
+    def read(args: tuple, kwargs: dict) -> bool:
         timesteps = args[1] if len(args) > 1 else kwargs.get("timesteps")
-        return None if timesteps is None else config.covers(progress_of_timestep(timesteps))
+        if timesteps is None:
+            raise UnknownWindow("the U-Net got no timestep")
+        return config.covers(progress_of_timestep(timesteps))
 
     return read
 
@@ -201,7 +204,7 @@ class UNetPassState(PassState):
         """Grid of each spatial transformer's input in this U-Net call, by id of the transformer."""
         self._plans: dict[tuple[int, tuple[int, int]], LevelPlan] = {}
 
-    def begin_call(self, options: Any, read_window: Callable[[], bool | None]) -> None:
+    def begin_call(self, options: Any, read_window: Callable[[], bool]) -> None:
         self.grids.clear()
         super().begin_call(options, read_window)
 

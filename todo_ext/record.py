@@ -32,10 +32,12 @@ def _grid_text(grid: tuple[int, ...]) -> str:
 @dataclass
 class PassRecord:
     """Counts of one pass (or several passes of one kind, merged): self-attention calls seen, calls outside the
-    step window, calls acted on per (depth, grid, K/V grid, factor), and calls stepped aside per cause."""
+    step window, calls in steps whose window could not be decided (by why), calls acted on per (depth, grid, K/V
+    grid, factor), and calls stepped aside per cause."""
 
     calls: int = 0
     outside_window: int = 0
+    window_unknown: Counter = field(default_factory=Counter)
     kv: Counter = field(default_factory=Counter)
     aside: Counter = field(default_factory=Counter)
 
@@ -60,6 +62,7 @@ class PassRecord:
         for record in records:
             total.calls += record.calls
             total.outside_window += record.outside_window
+            total.window_unknown.update(record.window_unknown)
             total.kv.update(record.kv)
             total.aside.update(record.aside)
         return total
@@ -89,6 +92,12 @@ class PassRecord:
             outside = f"{self.outside_window} call{'s' if self.outside_window != 1 else ''} outside the step window"
             parts.append(outside if parts else f"none ({outside})")
         return "; ".join(parts) or None
+
+    def window_notes(self) -> list[str]:
+        """Where Start/End could not be applied, one note per cause, e.g. "step window not applied in 10
+        self-attention calls: the sampler's schedule raised ValueError"."""
+        return [f"step window not applied in {count} self-attention call{'s' if count != 1 else ''}: {why}"
+                for why, count in self.window_unknown.most_common()]
 
     def aside_text(self) -> str | None:
         """How many calls ToDo left exact and why, e.g. "stepped aside in 5 self-attention calls where another
@@ -128,11 +137,13 @@ class JobRecord:
         return [kind for kind in PASS_KINDS if self.attachments[kind] and not self.record(kind).calls]
 
     def sampling_notes(self) -> list[str]:
-        """What sampling showed: passes whose hooks or patch the host never ran, calls ToDo stepped aside in."""
+        """What sampling showed: passes whose hooks or patch the host never ran, steps whose window could not be
+        decided, calls ToDo stepped aside in."""
         notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
                  for kind in self.never_called()]
-        aside = self.record().aside_text()
-        return [*notes, aside] if aside else notes
+        record = self.record()
+        aside = record.aside_text()
+        return [*notes, *record.window_notes(), *([aside] if aside else [])]
 
     def note(self, **_infotext_locals: object) -> str | None:
         return "; ".join([*self.notes, *self.sampling_notes()]) or None

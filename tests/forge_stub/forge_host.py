@@ -445,11 +445,29 @@ def pag_attention(q, k, v, extra_options):
     return v
 
 
+class SamplerLoop:
+    """Mirrors the pass's sampler (modules/sd_samplers_kdiffusion.py KDiffusionSampler) as processing calls it:
+    `sample` and `sample_img2img` run the sampling loop, here `sample(p, x)`, which calls the denoiser callbacks
+    itself."""
+
+    def __init__(self, sample):
+        self._sample = sample
+
+    def sample(self, p, x):
+        return self._sample(p, x)
+
+    def sample_img2img(self, p, x):
+        return self._sample(p, x)
+
+
 def process_images(p, sample, *, token_merging_ratio=0.0):
     """Mirrors the Forge order in modules/processing.py (StableDiffusionProcessingTxt2Img.sample and
-    sample_hr_pass): before every pass `forge_objects` is reset from `forge_objects_after_applying_lora`, Token
-    merging is applied, then scripts' `process_before_every_sampling` run; the hires pass runs it once more
-    *before* that reset (on the first pass's objects). `sample(p, x)` stands in for the sampler."""
+    sample_hr_pass): each pass makes its sampler (`p.sampler`, sd_samplers.create_sampler), then `forge_objects` is
+    reset from `forge_objects_after_applying_lora`, Token merging is applied, scripts' `process_before_every_sampling`
+    run, and the sampler's `sample` (first pass) or `sample_img2img` (hires pass) is called; the hires pass runs
+    process_before_every_sampling once more *before* that reset (on the first pass's objects). An exception in
+    sampling propagates past every script hook (process_images keeps only the settings restore in its `finally`).
+    `sample(p, x)` stands in for the sampling loop."""
     from modules import processing  # the WebUI stand-in's (tests/webui_stub), for the infotext
 
     p.scripts.before_process(p)
@@ -457,19 +475,21 @@ def process_images(p, sample, *, token_merging_ratio=0.0):
     generator = torch.Generator().manual_seed(p.seed)
     for batch_number in range(p.n_iter):
         p.scripts.before_process_batch(p, batch_number=batch_number)
+        p.sampler = SamplerLoop(sample)
         x = torch.randn(1, 4, -(-p.height // 8), -(-p.width // 8), generator=generator)
         p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
         apply_token_merging(p.sd_model, token_merging_ratio)
         p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-        samples = sample(p, x)
+        samples = p.sampler.sample(p, x)
         if p.enable_hr:
             p.is_hr_pass = True
+            p.sampler = SamplerLoop(sample)
             x = torch.randn(1, 4, -(-p.hr_upscale_to_y // 8), -(-p.hr_upscale_to_x // 8), generator=generator)
             p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
             p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
             apply_token_merging(p.sd_model, token_merging_ratio)
             p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-            samples = sample(p, x)
+            samples = p.sampler.sample_img2img(p, x)
             p.is_hr_pass = False
         images.append(samples)
         infotexts.append(processing.create_infotext(p))

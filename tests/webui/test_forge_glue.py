@@ -38,9 +38,9 @@ def job(webui, unet):
                                           configs=[patch.state.config for patch in patches],
                                           options=p.sd_model.forge_objects.unet.model_options))
         context = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3))
-        script_callbacks.cfg_denoiser_callback(
-            script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, context, context, types.SimpleNamespace(p=p)))
         sigma = forge_host.sigma_at_timestep(p.sd_model, 500)
+        script_callbacks.cfg_denoiser_callback(
+            script_callbacks.CFGDenoiserParams(x, None, sigma, 0, 1, context, context, types.SimpleNamespace(p=p)))
         return forge_host.calc_cond_uncond_batch(p.sd_model.forge_objects.unet, x, sigma, context)
 
     def run(args=(), *, model=None, sample=sample, token_merging_ratio=0.0, **p_fields):
@@ -211,3 +211,61 @@ def test_a_dit_job_writes_its_joint_attention_into_the_kv_line(job):
            "window" in infotext
     assert INFOTEXT_NOTE_KEY not in infotext
     assert neo_flux.attention_function is original
+
+
+class ScheduleWithoutPercents(forge_host.Prediction):
+    """A schedule whose percent_to_sigma fails, as a host's custom schedule might."""
+
+    def percent_to_sigma(self, percent):
+        raise ValueError("no percent on this schedule")
+
+
+def test_a_step_window_that_cannot_be_decided_is_not_applied_and_the_note_says_why(job, unet):
+    model = forge_host.ForgeDiffusionEngine(
+        unet, model_class=lambda diffusion_model: forge_host.KModel(diffusion_model, ScheduleWithoutPercents()))
+    _, processed = job.run(ToDoArgs(enabled=True, start=0.3), model=model, width=128, height=128)
+    infotext = processed.infotexts[0]
+    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}: d0 16x16->8x8 (2x) in 5 calls," in infotext
+    assert (f'{INFOTEXT_NOTE_KEY}: "step window not applied in 5 self-attention calls: the schedule\'s '
+            'percent_to_sigma raised ValueError"') in infotext
+
+
+def todo_hook_count(module):
+    return sum(1 for each in module.modules() for hook in each._forward_pre_hooks.values()
+               if getattr(hook, "is_todo_hook", False))
+
+
+def test_a_failed_job_leaves_no_hook_and_no_active_patch(job, unet):
+    """Forge's hooks on the U-Net's instances feed the patch; a job whose sampler raises takes them off (and turns
+    the patch off) as the sampler's call unwinds, before the job has ended."""
+    hooks_while_sampling = []
+
+    def sample_then_fail(p, x):
+        job.sample(p, x)
+        hooks_while_sampling.append(todo_hook_count(unet))
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        job.run(ToDoArgs(enabled=True), sample=sample_then_fail)
+    assert hooks_while_sampling[0] > 0 and todo_hook_count(unet) == 0
+    assert [patch.state.active for patch in job.seen[0].patches] == [False]
+
+
+@pytest.mark.usefixtures("attention_functions")
+def test_a_failed_dit_job_leaves_no_wrapper_in_the_attention_function(job):
+    from todo_ext.bench.dit_stub import neo_chroma, neo_flux
+
+    original = neo_flux.attention_function
+    model = forge_host.ForgeDiffusionEngine(
+        neo_chroma.IntegratedChromaTransformer2DModel().eval(),
+        model_class=lambda chroma: forge_host.KModel(chroma, forge_host.PredictionFlux()))
+    swapped = []
+
+    def fail_in_sampling(p, x):
+        swapped.append(neo_flux.attention_function is not original)
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        job.run(ToDoArgs(enabled=True), model=model, sample=fail_in_sampling, width=80, height=64)
+    assert swapped == [True]
+    assert neo_flux.attention_function is original and todo_hook_count(model.forge_objects.unet.model) == 0

@@ -241,22 +241,59 @@ def test_one_source_of_defaults_for_ui_api_and_check(webui, unet):
     assert webui.current_defaults().ratio == 0.5
 
 
-def test_failed_job_leaves_no_hooks_for_the_next_job(job, unet):
+def test_a_failed_job_takes_its_hooks_off_before_it_ends(job, unet):
+    """A job that raises skips postprocess, as in the WebUI; the sampler's own call, which raised, takes ToDo off on
+    its way out, so nothing of ToDo's is left on the U-Net when the job has failed, before any next job."""
     _, clean = job.run(ToDoArgs(), width=64, height=64)
     with pytest.raises(RuntimeError, match="out of memory"):
         job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
-    assert todo_hook_count(unet) > 0, "a raised job skips postprocess, as in the WebUI"
+    assert [count > 0 for _, count in job.seen[1:]] == [True, True], "attached in both passes"
+    assert todo_hook_count(unet) == 0
     _, after = job.run(ToDoArgs(), width=64, height=64)
     assert job.seen[-1] == (False, 0)
     assert torch.equal(clean.images[0], after.images[0])
 
 
-def test_hooks_of_a_failed_job_never_reach_a_job_without_scripts(job, unet):
-    """Jobs with `p.scripts` None (training previews, other extensions) call no script hook; the cfg_denoiser
-    callback before their first U-Net call takes the failed job's hooks off."""
+def test_a_finished_pass_leaves_no_hooks_for_the_rest_of_the_job(webui, unet):
+    """ToDo is on the U-Net only while its pass samples: after the sampler returns (the VAE decode, another
+    script's postprocess_image) the U-Net is the plain one, and the record still writes the infotext."""
+    from modules import processing, scripts, shared
+
+    hooks = {}
+
+    class After(scripts.Script):
+        def title(self):
+            return "after"
+
+        def show(self, is_img2img):
+            return scripts.AlwaysVisible
+
+        def postprocess_image(self, p, pp, *args):
+            hooks["after sampling"] = todo_hook_count(unet)
+
+    def sample(p, x):
+        hooks["while sampling"] = todo_hook_count(unet)
+        return unet(x, torch.full((1,), 500.0), torch.zeros(1, 77, 768))
+
+    todo = webui.ToDoScript()
+    runner = scripts.ScriptRunner([todo, After()])
+    shared.sd_model = sd_model_of(unet)
+    p = processing.StableDiffusionProcessingTxt2Img(shared.sd_model, runner,
+                                                    runner.api_script_args(todo, [True]), width=128, height=128)
+    processed = processing.process_images(p, sample)
+    assert hooks["while sampling"] > 0 and hooks["after sampling"] == 0
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls" in processed.infotexts[0]
+
+
+def test_hooks_a_sampler_could_not_take_off_never_reach_a_job_without_scripts(job, webui, unet, monkeypatch):
+    """Where ToDo cannot wrap the pass's sampler (a sampler without `sample`/`sample_img2img`), a failed job leaves
+    its hooks; jobs with `p.scripts` None (training previews, other extensions) call no script hook, and the
+    cfg_denoiser callback before their first U-Net call takes those hooks off."""
+    monkeypatch.setattr(webui.hosts, "when_sampling_ends", lambda sampler, cleanup: None)
     _, clean = job.run(ToDoArgs(), width=64, height=64, scripted=False)
     with pytest.raises(RuntimeError, match="out of memory"):
         job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
+    assert todo_hook_count(unet) > 0
     _, after = job.run(ToDoArgs(), width=64, height=64, scripted=False)
     assert job.seen[-1] == (False, 0)
     assert torch.equal(clean.images[0], after.images[0])
@@ -275,11 +312,14 @@ def test_hires_checkpoint_is_hooked_in_its_pass_and_cleaned(job, unet):
     assert todo_hook_count(unet) == 0 and todo_hook_count(hires_unet) == 0
 
 
-def test_hooks_on_a_swapped_out_model_are_removed_too(job, unet):
+def test_hooks_on_a_swapped_out_model_are_removed_too(job, webui, unet, monkeypatch):
+    """The next scripted job takes off what a failed job left on a model that is no longer loaded."""
+    monkeypatch.setattr(webui.hosts, "when_sampling_ends", lambda sampler, cleanup: None)
     other = build_unet("sd15", width=32, seed=1)
     other_model = sd_model_of(other)
     with pytest.raises(RuntimeError):
         job.run(ToDoArgs(enabled=True), model=other_model, enable_hr=True, fail_in_hires=True)
+    assert todo_hook_count(other) > 0
     job.run(ToDoArgs())
     assert todo_hook_count(other) == 0
 
@@ -416,11 +456,13 @@ def test_xyz_axes_added_once_and_applied_per_cell(webui, job):
     assert "ToDo ratio: 0.9375" in processed.infotexts[0]
 
 
-def test_script_unload_removes_hooks(webui, job, unet):
+def test_script_unload_removes_hooks(webui, job, unet, monkeypatch):
     from modules import script_callbacks
 
+    monkeypatch.setattr(webui.hosts, "when_sampling_ends", lambda sampler, cleanup: None)
     with pytest.raises(RuntimeError):
         job.run(ToDoArgs(enabled=True), enable_hr=True, fail_in_hires=True)
+    assert todo_hook_count(unet) > 0
     script_callbacks.script_unloaded_callback()
     assert todo_hook_count(unet) == 0
 
@@ -524,3 +566,26 @@ def test_the_step_window_is_decided_once_per_step_from_the_samplers_values(job, 
     assert record.outside_window == 5 and record.downsampled == 5
     assert "ToDo K/V: d0 16x16->8x8 (2x) in 5 calls; 5 calls outside the step window" in processed.infotexts[0]
 
+
+
+def raising_sigma_to_t(_sigma):
+    raise ValueError("sigma beyond the schedule")
+
+
+@pytest.mark.parametrize(("sigmas", "inner_model", "why"), [
+    ([999.0, 8991.0], types.SimpleNamespace(sigma_to_t=raising_sigma_to_t), "the sampler's schedule raised ValueError"),
+    (None, None, "the sampler told no sigma"),
+], ids=["schedule-raises", "no-sigma"])
+def test_a_step_window_that_cannot_be_decided_is_not_applied_and_the_note_says_why(job, sigmas, inner_model, why):
+    """ToDo acts on every step whose window the sampler's values cannot place, and says so: the K/V line counts
+    those calls as acted on (none outside the window), the note names the cause. At the default Start/End the
+    window does not matter, and nothing is noted."""
+    args = ToDoArgs(enabled=True, ratio=0.75, start=0.0, end=0.5)
+    _, processed = job.run(args, steps=2, sigmas=sigmas, inner_model=inner_model, width=128, height=128)
+    infotext = processed.infotexts[0]
+    assert "ToDo K/V: d0 16x16->8x8 (2x) in 10 calls," in infotext and "outside the step window" not in infotext
+    assert f'{INFOTEXT_NOTE_KEY}: "step window not applied in 10 self-attention calls: {why}"' in infotext
+    assert "ToDo start: 0.0" in infotext and "ToDo end: 0.5" in infotext
+    _, whole = job.run(ToDoArgs(enabled=True, ratio=0.75), steps=2, sigmas=sigmas, inner_model=inner_model,
+                       width=128, height=128)
+    assert INFOTEXT_NOTE_KEY not in whole.infotexts[0]

@@ -13,6 +13,7 @@ No host module is imported here: the adapters duck-type the objects the glue han
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from ..attach import remove
@@ -35,6 +36,39 @@ def remove_all(sd_model: Any) -> int:
     return sum(remove(model) for model in models.values())
 
 
+SAMPLER_METHODS = ("sample", "sample_img2img")
+"""What every host calls on the pass's sampler (`p.sampler`, made by `sd_samplers.create_sampler`) right after the
+scripts' `process_before_every_sampling`: modules/processing.py StableDiffusionProcessingTxt2Img.sample and
+sample_hr_pass, StableDiffusionProcessingImg2Img.sample, on A1111, Forge, reForge, Classic and Neo alike."""
+
+ENDS_PASS_FLAG = "ends_todo_pass"
+
+
+def when_sampling_ends(sampler: Any, cleanup: Callable[[], Any]) -> None:
+    """Run `cleanup` when the pass's sampler returns or raises. No host runs a script hook when a job raises (their
+    `process_images` keeps only the settings restore in its `finally`, and `postprocess` runs on success only), so
+    ToDo wraps the sampler's methods on its instance, once: the host makes a new sampler for each pass (img2img
+    one per job, for all its batches). A sampler without them is left alone."""
+    if not hasattr(sampler, "__dict__"):
+        return
+    for name in SAMPLER_METHODS:
+        method = getattr(sampler, name, None)
+        if callable(method) and not getattr(method, ENDS_PASS_FLAG, False):
+            setattr(sampler, name, _ending_with(method, cleanup))
+
+
+def _ending_with(method: Callable, cleanup: Callable[[], Any]) -> Callable:
+    @wraps(method)
+    def sample(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            cleanup()
+
+    setattr(sample, ENDS_PASS_FLAG, True)
+    return sample
+
+
 def layout_of(sd_model: Any) -> dict[str, Any]:
     """What the live K/V preview needs to know of the loaded model: a U-Net's attention levels (log2 of the
     latent's downscale: SD1.x/SD2.x from 0, SDXL from 1), a diffusion transformer's family (its image tokens are
@@ -50,4 +84,4 @@ def layout_of(sd_model: Any) -> dict[str, Any]:
     return {"kind": "unknown"}
 
 
-__all__ = ["Attachment", "a1111", "attach_for", "forge", "layout_of", "remove_all"]
+__all__ = ["Attachment", "a1111", "attach_for", "forge", "layout_of", "remove_all", "when_sampling_ends"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..passes import ToDoHandle
+from ..passes import ToDoHandle, UnknownWindow
 from ..record import PassRecord
 
 
@@ -18,8 +18,7 @@ class Attachment:
     switch); `remove()` takes it off.
     """
 
-    def __init__(self, handle: ToDoHandle, in_window: Callable[[Any, Any], bool | None],
-                 runs_on: Callable[[Any], bool]):
+    def __init__(self, handle: ToDoHandle, in_window: Callable[[Any, Any], bool], runs_on: Callable[[Any], bool]):
         self.handle = handle
         self._in_window = in_window
         self._runs_on = runs_on
@@ -29,15 +28,20 @@ class Attachment:
         return self.handle.record
 
     def begin_step(self, sigma: Any, denoiser: Any) -> None:
-        """A sigma the host's schedule cannot place leaves the window unknown: ignored, with one warning."""
+        """A step the host's schedule cannot place (no sigma, no schedule, the schedule raised) is not kept out of
+        the window: its calls are counted with the cause, which the note states, and one warning is logged."""
         if not self.handle.config.has_step_window:
             self.handle.begin_step(True)
             return
+        if sigma is None:
+            self.handle.begin_step(None, "the sampler told no sigma")
+            return
         try:
-            in_window = None if sigma is None else self._in_window(sigma, denoiser)
-        except Exception:
-            in_window = None
-        self.handle.begin_step(in_window)
+            self.handle.begin_step(self._in_window(sigma, denoiser))
+        except UnknownWindow as unknown:
+            self.handle.begin_step(None, str(unknown))
+        except Exception as error:
+            self.handle.begin_step(None, f"the sampler's schedule raised {type(error).__name__}")
 
     def attached(self, sd_model: Any) -> bool:
         return self.handle.active and self._runs_on(sd_model)

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import ToDoConfig
 from ..dit import apply_dit
-from ..passes import ToDoHandle, UnsupportedModelError, compiling, refuse_compiled, remove_hooks
+from ..passes import ToDoHandle, UnknownWindow, UnsupportedModelError, compiling, refuse_compiled, remove_hooks
 from ..patch import (
     AttentionSite,
     UNetPassState,
@@ -156,31 +156,46 @@ def attach(sd_model: Any, config: ToDoConfig, warned: set[str]) -> Attachment:
                       lambda now: model_of(now) is model and _runs_patch(now, patch))
 
 
-def _sigma_window(config: ToDoConfig, sampling: Any) -> Callable[[Any], bool | None]:
+def _sigma_window(config: ToDoConfig, sampling: Any) -> Callable[[Any], bool]:
     """Whether a sigma lies inside the step window, as the hosts' own percent-based patches decide it:
     `percent_to_sigma` of the model's schedule (discrete for SD1.x/SDXL, where it matches A1111's
     1 - timestep / 999; continuous for EDM models such as Playground v2.5 and CosXL), its bounds computed once per
-    pass. Without it, from the timestep of a discrete schedule; None where the schedule tells neither. One device
+    pass. Without it, from the timestep of a discrete schedule. Where the schedule tells neither, or its bounds
+    raise, every step raises UnknownWindow saying so (ToDo then acts on the step and the note says why). One device
     read per call: once per step."""
-    percent_to_sigma = getattr(sampling, "percent_to_sigma", None)
-    timestep_of = getattr(sampling, "timestep", None)
     if not config.has_step_window:
         return lambda _sigma: True
+    percent_to_sigma = getattr(sampling, "percent_to_sigma", None)
+    timestep_of = getattr(sampling, "timestep", None)
     if callable(percent_to_sigma):
-        lowest, highest = float(percent_to_sigma(config.end)), float(percent_to_sigma(config.start))
+        try:
+            lowest, highest = float(percent_to_sigma(config.end)), float(percent_to_sigma(config.start))
+        except Exception as error:
+            return _unknown(f"the schedule's percent_to_sigma raised {type(error).__name__}")
         return lambda sigma: lowest <= float(torch.as_tensor(sigma).flatten()[0]) <= highest
     if callable(timestep_of):
         return lambda sigma: config.covers(progress_of_timestep(timestep_of(torch.as_tensor(sigma).flatten()[:1])))
-    return lambda _sigma: None
+    if sampling is None:
+        return _unknown("the host tells no schedule")
+    return _unknown(f"the host's schedule ({type(sampling).__name__}) has neither percent_to_sigma nor timestep")
 
 
-def _window_of_call(in_window: Callable[[Any], bool | None]) -> Callable[[tuple, dict], bool | None]:
+def _unknown(why: str) -> Callable[[Any], bool]:
+    def unknown(_sigma: Any) -> bool:
+        raise UnknownWindow(why)
+
+    return unknown
+
+
+def _window_of_call(in_window: Callable[[Any], bool]) -> Callable[[tuple, dict], bool]:
     """The step window from a U-Net call's `transformer_options["sigmas"]`, for calls no denoiser callback
     preceded."""
 
-    def read(_args: tuple, kwargs: dict) -> bool | None:
+    def read(_args: tuple, kwargs: dict) -> bool:
         sigmas = (kwargs.get("transformer_options") or {}).get("sigmas")
-        return None if sigmas is None else in_window(sigmas)
+        if sigmas is None:
+            raise UnknownWindow("the model call told no sigma")
+        return in_window(sigmas)
 
     return read
 

@@ -72,25 +72,40 @@ def _latent(p, width, height):
     return torch.randn(1, 4, height // 8, width // 8, generator=generator)
 
 
-def _sample(p, x, sample):
-    """One sampling pass: CFGDenoiser.forward (modules/sd_samplers_cfg_denoiser.py) runs the cfg_denoiser callbacks
-    before the U-Net call of every job, with or without scripts; `sample(p, x)` stands for the sampler."""
-    denoiser = types.SimpleNamespace(p=p)
-    script_callbacks.cfg_denoiser_callback(
-        script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, None, None, denoiser=denoiser))
-    return sample(p, x)
+class Sampler:
+    """Mirrors the sampler that sd_samplers.create_sampler makes for each pass (sd_samplers_kdiffusion.py
+    KDiffusionSampler): StableDiffusionProcessingTxt2Img.sample and sample_hr_pass set it as `p.sampler` before the
+    scripts' process_before_every_sampling and call its `sample` (first pass) or `sample_img2img` (hires pass)
+    right after; nothing around that call catches what it raises. `sample(p, x)` stands for its sampling loop, which
+    CFGDenoiser.forward (modules/sd_samplers_cfg_denoiser.py) enters through the cfg_denoiser callbacks before the
+    U-Net call of every job, with or without scripts."""
+
+    def __init__(self, sample):
+        self._sample = sample
+
+    def sample(self, p, x):
+        return self._run(p, x)
+
+    def sample_img2img(self, p, x):
+        return self._run(p, x)
+
+    def _run(self, p, x):
+        denoiser = types.SimpleNamespace(p=p)
+        script_callbacks.cfg_denoiser_callback(
+            script_callbacks.CFGDenoiserParams(x, None, None, 0, 1, None, None, denoiser=denoiser))
+        return self._sample(p, x)
 
 
 def process_images(p, sample):
     """Mirrors the script calls of processing.process_images / process_images_inner and of
     StableDiffusionProcessingTxt2Img.sample / sample_hr_pass (before_process_batch once per batch), with
-    `sample(p, x)` standing in for the sampler.
+    `sample(p, x)` standing in for the sampling loop of each pass's `p.sampler`.
 
     Like the WebUI: scripts run only when `p.scripts` is set; the selected checkpoint is (re)loaded after
     `before_process`, and the hires checkpoint before the hires pass; with a `firstpass_image` and hires fix the
     first pass is not sampled; `postprocess_image` runs per image before its infotext is written; `postprocess`
-    runs only when the job finishes, and an exception in sampling
-    propagates (and leaves `is_hr_pass` as it was)."""
+    runs only when the job finishes, and an exception in sampling propagates past every script hook (process_images
+    keeps only the settings restore in its `finally`) and leaves `is_hr_pass` as it was."""
     if p.scripts is not None:
         p.scripts.before_process(p)
     sd_models.reload_model_weights()
@@ -100,17 +115,19 @@ def process_images(p, sample):
             p.scripts.before_process_batch(p, batch_number=batch_number)
         samples = None
         if p.firstpass_image is None or not p.enable_hr:
+            p.sampler = Sampler(sample)
             x = _latent(p, p.width, p.height)
             if p.scripts is not None:
                 p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-            samples = _sample(p, x, sample)
+            samples = p.sampler.sample(p, x)
         if p.enable_hr:
             sd_models.reload_model_weights(info=p.hr_checkpoint_info)
             p.is_hr_pass = True
+            p.sampler = Sampler(sample)
             x = _latent(p, p.hr_upscale_to_x, p.hr_upscale_to_y)
             if p.scripts is not None:
                 p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-            samples = _sample(p, x, sample)
+            samples = p.sampler.sample_img2img(p, x)
             p.is_hr_pass = False
         if p.scripts is not None:
             postprocessed = scripts.PostprocessImageArgs(samples)
