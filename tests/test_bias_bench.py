@@ -38,6 +38,18 @@ def test_each_row_records_what_todo_did(dry_run):
     assert "bias" not in rows[("flux", "sage", "none")] and rows[("flux", "sage", "off")] is None
 
 
+def test_the_single_calls_show_what_forges_xformers_path_allocates_for_a_mask(dry_run):
+    """One Flux attention call at 128 px (576 queries, 512 + 16 kept keys, 24 heads of 128) per backend and mode;
+    the peak memory is the profiler's, exact on CPU. Forge's xformers path copies a mask into (24 heads, 576
+    queries, 584) float32 elements; the channel's copies (q, k, v and the output, padded) are linear in the tokens:
+    already a third of that at this size, and ever less as the image grows."""
+    calls = {(row["backend"], row["mode"]): row["peak_bytes"] for row in dry_run[0]["calls"]}
+    assert set(calls) == {(backend, mode) for backend in bias_bench.BACKENDS for mode in bias_bench.CALL_MODES}
+    mask_extra = calls[("xformers-forge", "mask")] - calls[("xformers-forge", "none")]
+    channel_extra = calls[("xformers-forge", "channel")] - calls[("xformers-forge", "none")]
+    assert mask_extra >= 24 * 576 * 584 * 4 > 3 * channel_extra
+
+
 def test_the_sage_proxy_compares_the_channel_with_sages_own_error(dry_run):
     proxy = dry_run[0]["sage_proxy"]
     assert {(row["head_dim"], row["padded"], row["factor"]) for row in proxy} == {

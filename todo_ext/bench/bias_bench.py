@@ -19,6 +19,7 @@ import contextlib
 import functools
 import importlib
 import importlib.util
+import itertools
 import json
 import math
 import statistics
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 import todo_ext
-from todo_ext import bias
+from todo_ext import bias, joint
 from todo_ext.bench import dit_bench
 from todo_ext.bench.dit_stub import forge_attention, kernels, neo_attention, neo_flux, neo_lumina
 from todo_ext.bench.memory import PeakMemory
@@ -70,6 +71,8 @@ MODES = ("off", "auto", "mask", "channel", "none")
 
 GPU_PLAN = (("flux", "zimage"), (1024, 1536, 2048), ("bfloat16", "float16"))
 DRY_PLAN = (("flux", "zimage"), (128, 256), ("float32",))
+CPU_PLAN = (("flux",), (1024,), ("bfloat16",))
+CALL_MODES = ("off", "mask", "channel", "none")
 CONFIG = todo_ext.ToDoConfig(ratio=0.75, max_depth=3)
 
 
@@ -148,19 +151,18 @@ def forced_route(mode: str) -> Iterator[None]:
         bias.route = decide
 
 
-def _timed_call(spec: dit_bench.DiTModel, model: nn.Module, inputs: tuple, device: torch.device,
-                repeats: int) -> tuple[float, int]:
-    """Median seconds of `repeats` model calls after a warm-up call that measures the peak memory."""
+def _timed(call: Callable[[], None], device: torch.device, repeats: int) -> tuple[float, int]:
+    """Median seconds of `repeats` calls after a warm-up call that measures the peak memory."""
     memory = PeakMemory(device)
     with torch.inference_mode():
         with memory.measure():
-            spec.call(model, *inputs)
+            call()
         times = []
         for _ in range(repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             started = time.perf_counter()
-            spec.call(model, *inputs)
+            call()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - started)
@@ -195,7 +197,7 @@ def _measure(spec: dit_bench.DiTModel, model: nn.Module, inputs: tuple, backend:
     handle = todo_ext.apply(model, CONFIG) if mode != "off" else None
     try:
         with forced_route(mode):
-            seconds, peak = _timed_call(spec, model, inputs, device, repeats)
+            seconds, peak = _timed(lambda: spec.call(model, *inputs), device, repeats)
     finally:
         if handle is not None:
             handle.remove()
@@ -218,6 +220,40 @@ def markdown_table(rows: list[BiasRow]) -> str:
         lines.append(f"| {r.model} | {r.size}px | {r.dtype} | {r.backend} | {mode} | {r.seconds * 1000:.1f} | "
                      f"{base.seconds / r.seconds:.2f}x | {r.peak_bytes / 2**20:.0f} | {r.record or '–'} |")
     return "\n".join(lines) + "\n"
+
+
+FLUX_HEADS, FLUX_HEAD_DIM, FLUX_TEXT = 24, 128, 512
+
+
+def attention_call(backend: str, mode: str, size: int, dtype: torch.dtype, device: torch.device,
+                   repeats: int) -> BiasRow:
+    """One Flux joint attention call (24 heads of 128, 512 text tokens, the image at `size` px) through the host
+    backend's function, with what ToDo 0.75 hands it in each mode (the kept keys and values from joint.py; the bias
+    from joint.proportional_bias or bias.with_channel): peak memory over the inputs, and the time of the same call
+    after it. Without the model around it, so that the mask's cost on each backend shows at full size on a CPU."""
+    side = -(-(size // dit_bench.PIXELS_PER_LATENT) // dit_bench.PATCH)
+    layout = joint.JointLayout((joint.Segment.kept(FLUX_TEXT), joint.Segment.image((side, side))))
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, FLUX_HEADS, layout.tokens, FLUX_HEAD_DIM, generator=generator).to(device, dtype)
+               for _ in range(3))
+    function = BACKENDS[backend][0]
+    plan = joint.joint_plan(layout, CONFIG.factor_at(0, side * side), CONFIG.method, device)
+
+    def call() -> None:
+        keys, values, mask, query = k, v, None, q
+        if mode != "off":
+            keys, values = joint.reduce_keys_values(k, v, plan, 2)
+        if mode == "mask":
+            mask = joint.proportional_bias(plan, dtype, layout.tokens)
+        if mode == "channel":
+            padded = -(-(FLUX_HEAD_DIM + 1) // bias.ALIGNMENT) * bias.ALIGNMENT
+            query, keys, values = bias.with_channel(q, keys, values, plan.log_counts, FLUX_HEADS, True, padded)
+        out = function(query, keys, values, FLUX_HEADS, mask=mask, skip_reshape=True)
+        if mode == "channel":
+            bias.without_channel(out, FLUX_HEADS, FLUX_HEAD_DIM, False)
+
+    seconds, peak = _timed(call, device, repeats)
+    return BiasRow("flux-attention", size, str(dtype).removeprefix("torch."), backend, mode, seconds, peak, None)
 
 
 def _int8_blocks(tensor: torch.Tensor, block: int) -> torch.Tensor:
@@ -284,6 +320,10 @@ def sage_proxy_table(rows: list[dict]) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
+                        help="auto: CUDA if present, else the dry mode; cpu: full size on CPU, kernel stand-ins")
+    parser.add_argument("--calls-only", action="store_true",
+                        help="only the single attention calls, not the models (full size within a CPU's reach)")
     parser.add_argument("--dry", action="store_true",
                         help="tiny narrow models on CPU with the kernel stand-ins: runs to the end, times nothing")
     parser.add_argument("--models", help="comma-separated: flux, zimage")
@@ -297,27 +337,40 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    cuda = torch.cuda.is_available() and not args.dry
-    if not cuda and not args.dry:
+    wanted = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "dry"
+    dry = args.dry or wanted == "dry"
+    if args.device == "auto" and dry and not args.dry:
         print("No CUDA device: running the dry mode (--dry), tiny sizes on CPU stand-ins; its times say nothing")
-    device = torch.device("cuda" if cuda else "cpu")
-    names, sizes, dtypes = GPU_PLAN if cuda else DRY_PLAN
-    models = dit_bench.MODELS if cuda else DRY_MODELS
+    device = torch.device("cuda" if wanted == "cuda" and not dry else "cpu")
+    names, sizes, dtypes = DRY_PLAN if dry else GPU_PLAN if device.type == "cuda" else CPU_PLAN
+    models = DRY_MODELS if dry else dit_bench.MODELS
     names = tuple(args.models.split(",")) if args.models else names
     sizes = tuple(int(size) for size in args.sizes.split(",")) if args.sizes else sizes
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else dtypes
     backends = args.backends.split(",") if args.backends else installed_backends(device)
-    rows = run({name: models[name] for name in names}, sizes, dtypes, backends, device,
-               args.repeats if cuda else 1, progress=print)
-    machine = torch.cuda.get_device_name(device) if cuda else "CPU, dry mode (stand-in kernels; times say nothing)"
+    repeats = 1 if dry else args.repeats
+    rows = [] if args.calls_only else run({name: models[name] for name in names}, sizes, dtypes, backends, device,
+                                          repeats, progress=print)
+    calls = []
+    with real_kernels(device):
+        for size, dtype, backend, mode in itertools.product(sizes, dtypes, backends, CALL_MODES):
+            calls.append(attention_call(backend, mode, size, getattr(torch, dtype), device, repeats))
+            print(f"flux attention call {size}px {dtype} {backend} {mode}")
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    if dry:
+        machine += ", dry mode (narrow models, stand-in kernels; times say nothing)"
     proxy = sage_proxy()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bias-results.md").write_text(
-        f"Machine: {machine}; torch {torch.__version__}; ToDo 0.75 on every block\n\n" + markdown_table(rows)
+        f"Machine: {machine}; torch {torch.__version__}; ToDo 0.75 on every block\n\n"
+        + (markdown_table(rows) + "\n" if rows else "")
+        + "One Flux joint attention call (24 heads of 128, 512 text tokens) through each backend:\n\n"
+        + markdown_table(calls)
         + "\nSageAttention's int8 scheme on CPU (relative error against float attention):\n\n"
         + sage_proxy_table(proxy))
     (args.out / "bias-results.json").write_text(json.dumps(
-        {"machine": machine, "rows": [asdict(row) for row in rows], "sage_proxy": proxy}, indent=1))
+        {"machine": machine, "rows": [asdict(row) for row in rows], "calls": [asdict(call) for call in calls],
+         "sage_proxy": proxy}, indent=1))
     print(f"wrote {args.out / 'bias-results.md'}")
 
 

@@ -19,7 +19,9 @@ def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=N
         assert attn_bias.dim() == query.dim(), "xformers takes a bias with as many dimensions as the inputs"
         assert attn_bias.stride(-2) % BIAS_ALIGNMENT == 0, "xformers needs the bias rows aligned to 8 elements"
     if query.dim() == 3:
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_bias, scale=scale)
+        bias = None if attn_bias is None else attn_bias.unsqueeze(0)
+        q, k, v = (tensor.unsqueeze(0) for tensor in (query, key, value))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale).squeeze(0)
     q, k, v = (tensor.transpose(1, 2) for tensor in (query, key, value))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=scale).transpose(1, 2)
 
