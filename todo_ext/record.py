@@ -157,7 +157,8 @@ class JobRecord:
         return [kind for kind in PASS_KINDS if self.attachments[kind] and not self.record(kind).calls]
 
     def sampling_notes(self) -> list[str]:
-        """What sampling showed: passes whose hooks or patch the host never ran, calls ToDo stepped aside in."""
+        """What sampling showed: passes whose hooks or patch the host never ran, calls ToDo stepped aside in, DiT
+        calls that ran without the proportional bias."""
         notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
                  for kind in self.never_called()]
         record = self.record()
