@@ -44,7 +44,8 @@ SDPA_MODULES = ("other_impls", "mmditx")
 Forge's backend/nn/mmditx.py."""
 
 MASK_FREE_DEVICES = ("cpu",)
-"""Devices where SDPA reads the bias mask for free: on CPU it was cheaper than the channel (README, Speed)."""
+"""Devices where SDPA reads the bias mask for free: on CPU it allocates nothing for an expanded mask and ran cheaper
+than the channel (docs/benchmark.md, Diffusion transformers)."""
 
 SAGE_HEAD_DIMS = (64, 96, 128)
 """The head dimensions both SageAttention versions keep on Sage: Neo's attention_sage falls back to another backend
