@@ -1,4 +1,5 @@
-# Development entry points: `make bench` (benchmark on an embedded default) and `make test` (the whole suite).
+# Development entry points: `make bench` (benchmark on an embedded default), `make bench-bias` (what carrying the DiT
+# bias costs per attention backend: on a CUDA GPU, else its dry mode on CPU) and `make test` (the whole suite).
 # Both create .venv first; torch==2.13.0 resolves to the CPU wheel, and stable-diffusion-sdkit (the ldm code the
 # WebUI runs) goes in with --no-deps because its own pins would pull a CUDA torch.
 VENV ?= .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 FORGE_API := $(VENV)/forge-api
 FORGE_API_STAMP := $(FORGE_API)/.installed
 
-.PHONY: setup test bench lint
+.PHONY: setup test bench bench-bias lint
 
 setup: $(STAMP)
 
@@ -36,3 +37,6 @@ test: $(STAMP) $(FORGE_API_STAMP)
 
 bench: $(STAMP)
 	$(PY) -m todo_ext.bench
+
+bench-bias: $(STAMP)
+	$(PY) -m todo_ext.bench.bias_bench

@@ -425,13 +425,16 @@ def reduced_keys_values(call: Call, before: int, grid: tuple[int, ...], after: i
     return reduce(call.k), reduce(call.v), torch.tensor(bias, dtype=torch.float64)
 
 
-def formula(call: Call, before: int, grid: tuple[int, ...], after: int, factor: int, method: str) -> torch.Tensor:
+def formula(call: Call, before: int, grid: tuple[int, ...], after: int, factor: int, method: str,
+            with_bias: bool = True) -> torch.Tensor:
     """softmax(Q [K_text; D(K_img)]^T / sqrt(d) + bias) [V_text; D(V_img)], every query kept, as (batch, tokens,
-    heads * dim); a mask the host passed is taken at the kept keys (its 2-D form is (queries, keys), its 3-D
-    form (batch, queries, keys))."""
+    heads * dim); without the bias where `with_bias` is False (plain ToDo); a mask the host passed is taken at the
+    kept keys (its 2-D form is (queries, keys), its 3-D form (batch, queries, keys))."""
     keys, values, bias = reduced_keys_values(call, before, grid, after, factor, method)
     queries = call.heads_first(call.q).double()
-    logits = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1]) + bias
+    logits = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+    if with_bias:
+        logits = logits + bias
     mask = call.mask
     if mask is not None:
         positions = kept_positions(before, grid, after, factor, method)
@@ -447,9 +450,9 @@ def formula(call: Call, before: int, grid: tuple[int, ...], after: int, factor: 
 
 
 def assert_formula(call: Call, before: int, grid: tuple[int, ...], after: int, factor: int = 2,
-                   method: str = "nearest") -> None:
+                   method: str = "nearest", with_bias: bool = True) -> None:
     """The host's attention call returned ToDo's formula (computed in float64, so a float32 tolerance)."""
-    torch.testing.assert_close(call.out.double(), formula(call, before, grid, after, factor, method),
+    torch.testing.assert_close(call.out.double(), formula(call, before, grid, after, factor, method, with_bias),
                                atol=2e-5, rtol=1e-4)
 
 

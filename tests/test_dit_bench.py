@@ -55,11 +55,13 @@ def test_todo_rows_record_what_the_engine_did_and_stand_beside_their_bound(dit_o
     rows = {(row["model"], row["size"], row["config"]): row for row in
             json.loads((dit_output / "dit-results.json").read_text())}
     flux = rows[("flux", 256, "todo-0.75")]
-    assert flux["record"] == "img 16x16->8x8 (2x) + 16 text kept in 2 calls", "one double and one single block"
+    assert flux["record"] == "img 16x16->8x8 (2x) + 16 text kept in 2 calls; bias as mask in 2 calls", (
+        "one double and one single block, on CPU SDPA")
     assert flux["derived"]["kv_fraction"] == pytest.approx((16 + 64) / (16 + 256))
     assert flux["derived"]["bound"] > 1.0 and flux["derived"]["of_bound"] > 0
     zimage = rows[("zimage", 256, "todo-0.75")]
-    assert zimage["record"] == "img 16x16->8x8 (2x) + 32 text kept in 1 call; img 16x16->8x8 (2x) in 1 call", (
+    assert zimage["record"] == ("img 16x16->8x8 (2x) + 32 text kept in 1 call; img 16x16->8x8 (2x) in 1 call; "
+                                "bias as mask in 2 calls"), (
         "the layer over the caption (8 tokens padded to Z-Image's multiple of 32) and the image; the noise refiner "
         "over the image alone")
     auto = rows[("flux", 128, "todo-auto")]

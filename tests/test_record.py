@@ -1,9 +1,11 @@
 """What the infotext says a pass did (todo_ext.record): counts in, text out."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from todo_ext import PassRecord
-from todo_ext.record import ASIDE_CAUSES
+from todo_ext.record import ASIDE_CAUSES, BIAS_DROPPED, JobRecord
 
 
 def test_each_grid_a_depth_received_is_listed_with_its_calls():
@@ -76,3 +78,23 @@ def test_a_step_window_that_could_not_be_decided_is_noted_with_its_cause():
         "step window not applied in 5 self-attention calls: the sampler told no sigma",
         "step window not applied in 5 self-attention calls: the sampler's schedule raised ValueError",
     ]
+
+
+def test_how_the_dit_bias_travelled_is_in_the_kv_line_and_where_it_was_dropped_in_the_note():
+    """A job whose first pass carried the bias in the channel and whose hires pass ran on SageAttention at Flux's
+    head of 128: the K/V lines say how it travelled, the note where it was dropped and why."""
+    job = JobRecord()
+    first, hires = SimpleNamespace(record=PassRecord()), SimpleNamespace(record=PassRecord())
+    job.attachments["first"].append(first)
+    job.attachments["hires"].append(hires)
+    for record, mode in ((first.record, "channel"), (hires.record, "sage-head")):
+        for _ in range(3):
+            record.calls += 1
+            record.acted(None, (64, 64), (32, 32), 2.0, kept=(("text", 512),))
+            record.carried_bias(mode)
+    assert job.kv_line("first")() == "img 64x64->32x32 (2x) + 512 text kept in 3 calls; bias as channel in 3 calls"
+    assert job.kv_line("hires")() == "img 64x64->32x32 (2x) + 512 text kept in 3 calls"
+    assert job.note() == f"bias dropped in 3 calls where {BIAS_DROPPED['sage-head']}"
+    assert PassRecord.merged([first.record, hires.record]).bias == {"channel": 3, "sage-head": 3}
+    with pytest.raises(ValueError, match="unknown bias mode 'other'"):
+        first.record.carried_bias("other")

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import bias
 from .config import MAX_DEPTH, ToDoConfig
 from .joint import JointLayout, Segment, joint_plan, proportional_bias, reduce_keys_values, reduced_grid
 from .passes import (
@@ -264,18 +265,14 @@ class _DiTState(PassState):
         return next((layout for shape in self.shapes if (layout := shape.layout_for(tokens)) is not None), None)
 
 
-MASKLESS_FUNCTIONS = ("attention_flash",)
-"""Host attention functions that take no mask: Neo's flash-attn path asserts there is none (and falls back to SDPA
-after printing the error). ToDo hands them the kept keys and values without the proportional bias rather than
-cost the user the kernel they chose."""
-
-
-def _reduced_arguments(state: _DiTState, takes_mask: bool, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def _reduced_arguments(state: _DiTState, backend: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        args: tuple, kwargs: dict) -> tuple | None:
-    """For one joint attention call: the kept text and downsampled image keys and values, and the call's mask
-    with the proportional bias added (where the host's function takes a mask); None to leave the call exact.
-    Every query stays."""
-    sequence_dim = 2 if kwargs.get("skip_reshape") else 1
+    """For one joint attention call: the queries, the kept text and downsampled image keys and values, the call's
+    arguments and what turns the host's output back into the call's (None where nothing does), with the
+    proportional bias carried as `bias.route` says for the host's backend; None to leave the call exact. Every
+    query stays."""
+    heads_first = bool(kwargs.get("skip_reshape"))
+    sequence_dim = 2 if heads_first else 1
     if q.shape[sequence_dim] != k.shape[sequence_dim] or state.position is None:
         return None
     depth = depth_of_position(state.position, state.blocks)
@@ -298,50 +295,65 @@ def _reduced_arguments(state: _DiTState, takes_mask: bool, q: torch.Tensor, k: t
         return None
     plan = joint_plan(layout, factor, state.config.method, k.device)
     k, v = reduce_keys_values(k, v, plan, sequence_dim)
-    if not takes_mask and _mask_of(args, kwargs) is None:
-        return k, v, args, kwargs
-    return (k, v, *_with_mask(args, kwargs, plan, q.dtype, q.shape[sequence_dim]))
+    heads = args[0] if args else kwargs["heads"]
+    head_dim = q.shape[-1] if heads_first else q.shape[-1] // heads
+    mode, padded = bias.route(backend, q.device.type, head_dim)
+    if mode == bias.MASK or _mask_of(args, kwargs) is not None:
+        args, kwargs = _with_mask(args, kwargs, plan, q.dtype, q.shape[sequence_dim], mode == bias.MASK)
+    if mode != bias.CHANNEL:
+        state.record.carried_bias(mode)
+        return q, k, v, args, kwargs, None
+    q, k, v = bias.with_channel(q, k, v, plan.log_counts, heads, heads_first, padded)
+    state.record.carried_bias(mode)
+    output_heads_first = bool(kwargs.get("skip_output_reshape"))
+    return q, k, v, args, kwargs, lambda out: bias.without_channel(out, heads, head_dim, output_heads_first)
 
 
 def _mask_of(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return args[1] if len(args) > 1 else kwargs.get("mask")
 
 
-def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries: int) -> tuple[tuple, dict]:
-    """The call's arguments with its mask (the argument after `heads`, or `mask=`) restricted to the kept keys and
-    the proportional bias added. The mask is first brought to 4-D as the hosts' attention functions read it (2-D:
-    (queries, keys); 3-D: (batch, queries, keys)), so that the bias, (1, 1, queries, keys), broadcasts over it
-    rather than shifting its batch into the heads."""
-    bias = proportional_bias(plan, dtype, queries)
+def _with_mask(args: tuple, kwargs: dict, plan: Any, dtype: torch.dtype, queries: int,
+               add_bias: bool) -> tuple[tuple, dict]:
+    """The call's arguments with its mask (the argument after `heads`, or `mask=`) restricted to the kept keys and,
+    with `add_bias`, the proportional bias added (the mask then, where the call had none). The mask is first
+    brought to 4-D as the hosts' attention functions read it (2-D: (queries, keys); 3-D: (batch, queries, keys)),
+    so that the bias, (1, 1, queries, keys), broadcasts over it rather than shifting its batch into the heads."""
     positional = len(args) > 1
     mask = _mask_of(args, kwargs)
     if mask is not None:
         mask = mask.index_select(-1, plan.index)
-        if mask.dtype == torch.bool:
-            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -torch.inf)
-        if mask.dim() == 2:
-            mask = mask.unsqueeze(0)
-        if mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-        bias = mask + bias
+    if add_bias:
+        bias_mask = proportional_bias(plan, dtype, queries)
+        if mask is not None:
+            if mask.dtype == torch.bool:
+                mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -torch.inf)
+            if mask.dim() == 2:
+                mask = mask.unsqueeze(0)
+            if mask.dim() == 3:
+                mask = mask.unsqueeze(1)
+            bias_mask = mask + bias_mask
+        mask = bias_mask
     if positional:
-        return (args[0], bias, *args[2:]), kwargs
-    return args, {**kwargs, "mask": bias}
+        return (args[0], mask, *args[2:]), kwargs
+    return args, {**kwargs, "mask": mask}
 
 
 def _wrapper(state: _DiTState, previous: Callable) -> Callable:
-    takes_mask = getattr(previous, "__name__", None) not in MASKLESS_FUNCTIONS
+    backend = bias.host_backend(previous)
 
     def todo_attention(q, k, v, *args, **kwargs):
+        restore = None
         if state.active and state.running and not todo_attention.retired and not compiling():
             try:
-                reduced = _reduced_arguments(state, takes_mask, q, k, v, args, kwargs)
+                reduced = _reduced_arguments(state, backend, q, k, v, args, kwargs)
             except Exception:
                 state.fail_over()
                 reduced = None
             if reduced is not None:
-                k, v, args, kwargs = reduced
-        return previous(q, k, v, *args, **kwargs)
+                q, k, v, args, kwargs, restore = reduced
+        out = previous(q, k, v, *args, **kwargs)
+        return out if restore is None else restore(out)
 
     todo_attention.previous = previous
     todo_attention.state = state

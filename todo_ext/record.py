@@ -22,7 +22,20 @@ ASIDE_CAUSES = {
 }
 """Why ToDo left a self-attention call exact, in the words the infotext uses."""
 
+BIAS_CARRIED = ("mask", "channel")
+"""How a DiT call's proportional bias reached the kernel (see todo_ext/bias.py), in the K/V line as "bias as ..."."""
+
+BIAS_DROPPED = {
+    "sage-head": "SageAttention ignores masks and a bias channel would take the head dimension off Sage",
+    "flash-head": "flash-attn takes no mask and a bias channel would take the head dimension past its 256",
+}
+"""Why a DiT call ran without the proportional bias (plain ToDo), in the words the note uses."""
+
 _GRIDS_SHOWN_PER_DEPTH = 4
+
+
+def _calls(count: int) -> str:
+    return f"in {count} call{'s' if count != 1 else ''}"
 
 
 def _grid_text(grid: tuple[int, ...]) -> str:
@@ -40,6 +53,8 @@ class PassRecord:
     window_unknown: Counter = field(default_factory=Counter)
     kv: Counter = field(default_factory=Counter)
     aside: Counter = field(default_factory=Counter)
+    bias: Counter = field(default_factory=Counter)
+    """DiT calls by how their proportional bias travelled: a BIAS_CARRIED way or a BIAS_DROPPED cause."""
 
     def acted(self, depth: int | None, grid: tuple[int, ...], kv_grid: tuple[int, ...], factor: float,
               kept: tuple[tuple[str, int], ...] = ()) -> None:
@@ -51,6 +66,11 @@ class PassRecord:
         if cause not in ASIDE_CAUSES:
             raise ValueError(f"ToDo: unknown cause {cause!r}; allowed: {', '.join(ASIDE_CAUSES)}")
         self.aside[cause] += 1
+
+    def carried_bias(self, mode: str) -> None:
+        if mode not in BIAS_CARRIED and mode not in BIAS_DROPPED:
+            raise ValueError(f"ToDo: unknown bias mode {mode!r}")
+        self.bias[mode] += 1
 
     @property
     def downsampled(self) -> int:
@@ -65,12 +85,14 @@ class PassRecord:
             total.window_unknown.update(record.window_unknown)
             total.kv.update(record.kv)
             total.aside.update(record.aside)
+            total.bias.update(record.bias)
         return total
 
     def kv_text(self) -> str | None:
         """Per depth, every grid received and what became of it, e.g. "d0 64x64->32x32 (2x) in 40 calls";
         "d0 32x32 kept in 40 calls" where the factor was 1 (Auto on a small grid); a DiT's joint attention as
-        "img 64x64->32x32 (2x) + 512 text kept in 57 calls"; then the calls outside the step window, if any
+        "img 64x64->32x32 (2x) + 512 text kept in 57 calls", and how their bias travelled ("bias as channel in 57
+        calls"); then the calls outside the step window, if any
         ("none (...)" where that was every call). Parts are joined with "; " and hold no comma or colon, so the
         infotext keeps the value unquoted. None if nothing was recorded."""
         parts = []
@@ -79,7 +101,7 @@ class PassRecord:
             entries = sorted(((key, count) for key, count in self.kv.items() if key[0] == depth),
                              key=lambda item: (-item[1], str(item[0])))
             for (_, grid, kv_grid, factor, kept), count in entries[:_GRIDS_SHOWN_PER_DEPTH]:
-                calls = f"in {count} call{'s' if count != 1 else ''}"
+                calls = _calls(count)
                 others = "".join(f" + {tokens} {name}" for name, tokens in kept)
                 if factor == 1.0:
                     parts.append(f"{label} {_grid_text(grid)}{others} kept {calls}")
@@ -88,6 +110,7 @@ class PassRecord:
                                  f"{others}{' kept' if kept else ''} {calls}")
             if len(entries) > _GRIDS_SHOWN_PER_DEPTH:
                 parts.append(f"{label} +{len(entries) - _GRIDS_SHOWN_PER_DEPTH} more grids")
+        parts.extend(f"bias as {mode} {_calls(self.bias[mode])}" for mode in BIAS_CARRIED if self.bias[mode])
         if self.outside_window:
             outside = f"{self.outside_window} call{'s' if self.outside_window != 1 else ''} outside the step window"
             parts.append(outside if parts else f"none ({outside})")
@@ -110,6 +133,13 @@ class PassRecord:
             return f"stepped aside in {calls} where {ASIDE_CAUSES[next(iter(self.aside))]}"
         causes = ", ".join(f"{count} where {ASIDE_CAUSES[cause]}" for cause, count in self.aside.most_common())
         return f"stepped aside in {calls}: {causes}"
+
+    def bias_text(self) -> str | None:
+        """The DiT calls that ran without the proportional bias and why, e.g. "bias dropped in 57 calls where
+        SageAttention ignores masks and ..."; None where every call carried it."""
+        dropped = [(cause, count) for cause, count in self.bias.most_common() if cause in BIAS_DROPPED]
+        return "; ".join(f"bias dropped {_calls(count)} where {BIAS_DROPPED[cause]}"
+                         for cause, count in dropped) or None
 
 
 PASS_KINDS = ("first", "hires")
@@ -138,12 +168,12 @@ class JobRecord:
 
     def sampling_notes(self) -> list[str]:
         """What sampling showed: passes whose hooks or patch the host never ran, steps whose window could not be
-        decided, calls ToDo stepped aside in."""
+        decided, calls ToDo stepped aside in, DiT calls that ran without the proportional bias."""
         notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
                  for kind in self.never_called()]
         record = self.record()
-        aside = record.aside_text()
-        return [*notes, *record.window_notes(), *([aside] if aside else [])]
+        texts = (record.aside_text(), record.bias_text())
+        return [*notes, *record.window_notes(), *(text for text in texts if text)]
 
     def note(self, **_infotext_locals: object) -> str | None:
         return "; ".join([*self.notes, *self.sampling_notes()]) or None

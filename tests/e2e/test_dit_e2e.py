@@ -26,6 +26,9 @@ BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 2, "w
 EVERY_BLOCK = {"enabled": True, "ratio": 0.75, "max_depth": 3}
 """The live checkpoints have one or two blocks of each kind: Max depth 3 reaches every attention block."""
 OUTSIDE_WINDOW = re.compile(r"(\d+) calls? outside the step window")
+BIAS_PART = re.compile(r"bias as (mask|channel) in (\d+) calls?")
+"""How the proportional bias reached the host's kernel (todo_ext/bias.py): a mask on CPU SDPA, the channel on
+Forge's sub-quadratic attention (its CPU default)."""
 IMAGE_PART = re.compile(r"img (?P<grid>\d+x\d+)->(?P<kv>\d+x\d+) \((?P<factor>[\d.]+)x\)(?P<kept>(?: \+ \d+ \w+)*)"
                         r"(?: kept)? in (?P<calls>\d+) calls?")
 
@@ -61,7 +64,7 @@ def image_parts(infotext, key=INFOTEXT_FIRST_PASS_KV_KEY):
     assert line, f"no {key} in {infotext!r}"
     parts = {}
     for part in line.split("; "):
-        if OUTSIDE_WINDOW.fullmatch(part):
+        if OUTSIDE_WINDOW.fullmatch(part) or BIAS_PART.fullmatch(part):
             continue
         match = IMAGE_PART.fullmatch(part)
         assert match, f"unreadable part {part!r} of {line!r}"
@@ -86,6 +89,7 @@ def test_todo_acts_on_the_image_tokens_and_off_stays_identical(model):
     parts = image_parts(infotext)
     assert {(grid, kv, factor) for grid, kv, factor, _ in parts} == {(f"{side}x{side}", f"{side // 2}x{side // 2}",
                                                                      2.0)}, infotext
+    assert re.search(rf"; bias as (mask|channel) in {sum(parts.values())} calls?", infotext), infotext
     assert INFOTEXT_NOTE_KEY not in infotext
     assert on != before, "same seed, different pixels with ToDo on"
     assert before == after, "ToDo off is bit-identical before and after a ToDo job"

@@ -205,10 +205,10 @@ def test_a_dit_job_writes_its_joint_attention_into_the_kv_line(job):
     _, processed = job.run(ToDoArgs(enabled=True, start=0.5), model=model, sample=sample, width=80, height=64,
                            enable_hr=True)
     infotext = processed.infotexts[0]
-    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}: img 4x5->2x3 (2x) + 8 text kept in 2 calls; 2 calls outside the step " \
-           "window" in infotext
-    assert f"{INFOTEXT_HIRES_KV_KEY}: img 8x10->4x5 (2x) + 8 text kept in 2 calls; 2 calls outside the step " \
-           "window" in infotext
+    assert f"{INFOTEXT_FIRST_PASS_KV_KEY}: img 4x5->2x3 (2x) + 8 text kept in 2 calls; bias as mask in 2 calls; " \
+           "2 calls outside the step window" in infotext
+    assert f"{INFOTEXT_HIRES_KV_KEY}: img 8x10->4x5 (2x) + 8 text kept in 2 calls; bias as mask in 2 calls; " \
+           "2 calls outside the step window" in infotext
     assert INFOTEXT_NOTE_KEY not in infotext
     assert neo_flux.attention_function is original
 
