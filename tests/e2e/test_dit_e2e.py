@@ -35,8 +35,8 @@ HOST_FAMILIES = {"a1111": ("SD3",), "forge": ("Flux", "Chroma", "SD3"),
 """The DiT families ToDo acts on per host (README, Hosts); reForge and Classic run none."""
 FORGE_FLUX_DEPTH = ("WebUI Forge fixes Flux's and Chroma's depth at 19 double and 38 single blocks in its detection"
                     " (huggingface_guess) and builds what it detects: a random checkpoint at that depth (12 B"
-                    " parameters) does not fit a CPU test machine. tests/test_dit_forge.py runs ToDo on the stand-in"
-                    " of Forge's flux.py")
+                    " parameters) does not fit a CPU test machine. tests/test_dit.py runs ToDo on the stand-ins of"
+                    " Forge's flux.py (case flux-forge) and of Chroma (case chroma)")
 NO_LIVE_FIXTURE = {("forge", "Flux"): FORGE_FLUX_DEPTH, ("forge", "Chroma"): FORGE_FLUX_DEPTH}
 
 
