@@ -3,11 +3,13 @@ host's code (as a line or inside a string), and no write into a host's tree from
 
 Host lines are known by hash only (tests/host_lines.sha256: the first HASH_CHARS hex digits of the sha256 of each
 normalised line, from the host files the project mirrors or reads, at the commits in README's Hosts), so the check
-itself carries no host code. tests/host_lines_allowed.txt lists the few lines the stand-ins share with a host
-because the host's contract fixes them (a class or function name ToDo looks up, a signature it wraps), each with
-its file and reason. Writes are read from the AST: a write whose destination is built from a host tree (a path
-segment only a host has, or a variable that names a host's folder) fails, and a fixture maker in tests/e2e may write
-only below the paths handed to it (its command-line arguments or its function's parameters).
+itself carries no host code. Imports, signatures and decorators are not compared (the names a mirror must share).
+tests/host_lines_allowed.txt lists, by hash, file and reason, the other lines the repository still shares with a
+host: generic idioms, layers named and shaped as a host's state dict, calls of the attention function ToDo wraps,
+and lines of the DiT stand-ins' forwards not yet rewritten. Writes are read from the AST: a write whose
+destination is built from a host tree (a path segment only a host has, or a variable that names a host's folder)
+fails, and a fixture maker in tests/e2e may write only below the paths handed to it (its command-line arguments or
+its function's parameters).
 """
 
 from __future__ import annotations
