@@ -110,7 +110,7 @@ def with_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_counts: 
     extra = padded - head_dim
     root = padded**0.25
     q = F.pad(q, (0, extra))
-    q[..., head_dim] = root
+    q[..., head_dim].fill_(root)
     k = F.pad(k, (0, extra))
     k[..., :head_dim] *= (padded / head_dim) ** 0.5
     column = (log_counts * root).to(k.dtype)

@@ -1,11 +1,11 @@
 """A random-weight SD3 checkpoint for a live AUTOMATIC1111 WebUI v1.10.1, for tests/e2e/test_dit_e2e.py on CPU,
-offline, and the two small files its SD3 path fetches from the internet on first use. No host code is patched.
+offline, and the two small files its SD3 path fetches from the internet on first use. It writes only to the paths
+given on its command line: nothing of the host is read or written.
 
-usage: <webui venv>/bin/python make_random_a1111_sd3.py WEBUI_DIR OUT_DIR [--depth 2] [--hf-home DIR]
+usage: <webui venv>/bin/python make_random_a1111_sd3.py OUT_DIR --vae-approx FILE [--depth 2] [--hf-home DIR]
            [--t5-tokenizer DIR] [--seed 0] [--force]
-WEBUI_DIR is the host's tree (launch.py, modules/, models/); OUT_DIR a folder the host lists checkpoints from
-(its --ckpt-dir, or WEBUI_DIR/models/Stable-diffusion, which it always lists too). Standard library, torch and
-safetensors only (random_weights.py beside this file).
+OUT_DIR is a folder the host lists checkpoints from (its --ckpt-dir, or its models/Stable-diffusion). Standard
+library, torch and safetensors only (random_weights.py beside this file).
 
   sd3-medium-random.safetensors (1.7 GiB, fp16) SD3 Medium's layout at --depth joint blocks:
       model.diffusion_model.*            modules/sd_models_config.py picks configs/sd3-inference.yaml by
@@ -27,12 +27,12 @@ safetensors only (random_weights.py beside this file).
   HF_HOME/hub/models--google--t5-v1_1-xxl (kept when present): Sd3T5 and other_impls.py's T5XXLTokenizer call
       T5TokenizerFast.from_pretrained("google/t5-v1_1-xxl") whether or not T5 is enabled; offline that needs the
       tokenizer in the HF cache. --t5-tokenizer names a folder with tokenizer.json, tokenizer_config.json and
-      special_tokens_map.json of T5 v1.1 (e.g. Forge's backend/huggingface/black-forest-labs/FLUX.1-dev/
-      tokenizer_2); those are copied into a snapshot of the cache, as make_hf_clip_cache.py does for CLIP.
-      --hf-home is the HF_HOME the host runs with (the live host's start.sh sets it; default $HF_HOME).
-  WEBUI_DIR/models/VAE-approx/vaeapprox-sd3.pt (kept when present): a random VAEApprox for 16 latent channels.
-      modules/sd_vae_approx.py loads it for the "Approx NN" live preview of SD3 (on by default) and downloads it
-      where it is missing: offline, every SD3 generation would fail (URLError).
+      special_tokens_map.json of T5 v1.1 (e.g. the tokenizer_2 folder of FLUX.1-dev's diffusers layout); those are
+      copied into a snapshot of the cache, as make_hf_clip_cache.py does for CLIP. --hf-home is the HF_HOME the
+      host runs with (default $HF_HOME).
+  FILE (--vae-approx; kept when present): a random VAEApprox for 16 latent channels. modules/sd_vae_approx.py loads
+      models/VAE-approx/vaeapprox-sd3.pt for the "Approx NN" live preview of SD3 (on by default) and downloads it
+      where it is missing: offline, every SD3 generation would fail (URLError). Pass that path of the host you test.
 """
 
 from __future__ import annotations
@@ -81,24 +81,21 @@ def write_t5_tokenizer(hf_home: str, source: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("webui", help="the host's tree (with launch.py)")
     parser.add_argument("out", help="a folder the host lists checkpoints from")
     parser.add_argument("--depth", type=int, default=2, help="joint blocks (the width is 64 per block)")
+    parser.add_argument("--vae-approx", required=True, help="the VAEApprox file to write (vaeapprox-sd3.pt)")
     parser.add_argument("--hf-home", default=os.environ.get("HF_HOME"))
     parser.add_argument("--t5-tokenizer", help="a folder with T5 v1.1's tokenizer files, when the cache lacks them")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     assert args.depth >= 2, "the last block's context stream is pre-only: keep one full block before it"
-    webui = os.path.abspath(args.webui)
-    assert os.path.isfile(os.path.join(webui, "launch.py")), f"no WebUI tree at {webui}"
     assert args.hf_home, "set --hf-home (or HF_HOME) to the HF_HOME the host runs with"
 
     write_t5_tokenizer(args.hf_home, args.t5_tokenizer)
-    approx = os.path.join(webui, "models", "VAE-approx", "vaeapprox-sd3.pt")
-    if not os.path.exists(approx):
-        rw.write_torch_state_dict(approx, rw.vae_approx(16), args.seed)
-        print(f"{approx}: random VAEApprox for 16 latent channels")
+    if not os.path.exists(args.vae_approx):
+        rw.write_torch_state_dict(args.vae_approx, rw.vae_approx(16), args.seed)
+        print(f"{args.vae_approx}: random VAEApprox for 16 latent channels")
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     path = os.path.join(args.out, NAME)

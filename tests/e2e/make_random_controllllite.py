@@ -1,13 +1,13 @@
 """Write a random-weight ControlLLLite model for the Forge family's built-in ControlNet (sd_forge_controlllite), so
 that tests/e2e/test_extensions_e2e.py can run LLLite on a host that has no real model (never commit its output).
 
-    python tests/e2e/make_random_controllllite.py HOST_TREE CHECKPOINT [--name NAME] [--out FOLDER]
+    python tests/e2e/make_random_controllllite.py CHECKPOINT OUT_DIR [--name NAME]
 
-HOST_TREE is the host's folder (the one with webui.py); the model goes to HOST_TREE/models/ControlNet/NAME.safetensors
-(the Forge family's default ControlNet folder: modules_forge/shared.py `controlnet_dir`; pass --out for another).
-CHECKPOINT is the SD1.x .safetensors checkpoint the host runs (its header gives the layer width). The host lists
-ControlNet models when it starts, so write the model before starting the host. Standard library only (any Python):
-the file is written in the safetensors format by hand.
+The model goes to OUT_DIR/NAME.safetensors: give the ControlNet models folder of the host you test (the Forge
+family's default is its models/ControlNet, modules_forge/shared.py `controlnet_dir`). CHECKPOINT is the SD1.x
+.safetensors checkpoint the host runs (its header gives the layer width). The host lists ControlNet models when it
+starts, so write the model before starting the host. Standard library only (any Python): the file is written in the
+safetensors format by hand.
 
 What the loader reads (extensions-builtin/sd_forge_controlllite/lib_controllllite/lib_controllllite.py, the same on
 Forge dfdcbab6, reForge 3b56b268, Neo 283cb2c4 and Classic c813972d): ControlLLLitePatcher takes a state dict in which
@@ -21,7 +21,7 @@ mid (Linear mlp+emb->mlp, ReLU), up (Linear mlp->in). `is_conv2d` is down.0.weig
 in_dim its second side, cond_emb_dim conditioning1.0.weight's first side times 2, mlp_dim down.0.weight's first side.
 
 The model written here has modules for attn1's to_q, to_k and to_v of input_blocks[1] (SD1.5's first depth-0
-self-attention layer, the same layer as A1111's sd15_lllite_random from setup-extensions.sh), with weights drawn from
+self-attention layer, the layer the A1111 extensions host's LLLite model acts on too), with weights drawn from
 N(0, 0.02) (seed 0) and zero biases: the patch then changes q, k and v of that layer by different amounts.
 """
 
@@ -102,16 +102,14 @@ def write_safetensors(path, named):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("host_tree", type=Path, help="the host's folder (holding webui.py and models/)")
     parser.add_argument("checkpoint", type=Path, help="the SD1.x checkpoint (.safetensors) the host runs")
-    parser.add_argument("--out", type=Path, help="ControlNet models folder; default HOST_TREE/models/ControlNet")
+    parser.add_argument("out", type=Path, help="the folder to write the model to (the host's ControlNet models)")
     parser.add_argument("--name", default="sd15_lllite_random")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
-    out = args.out or args.host_tree / "models" / "ControlNet"
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     channels = layer_width(checkpoint)
-    path = out / f"{args.name}.safetensors"
+    path = args.out / f"{args.name}.safetensors"
     write_safetensors(path, tensors(channels))
     print(f"wrote {path} ({channels} channels, from {checkpoint.name})")
 

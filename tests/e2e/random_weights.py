@@ -13,13 +13,14 @@ needs (compare pixels and infotexts).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
 import time
 from collections.abc import Callable
 
 import torch
-from safetensors.torch import save_file
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -276,21 +277,43 @@ def random_tensor(key: str, shape: tuple[int, ...], table: Shapes) -> torch.Tens
     return torch.empty(shape).uniform_(-bound, bound)
 
 
-def write_checkpoint(path: str, table: Shapes, dtype: torch.dtype, seed: int, metadata: dict[str, str]) -> None:
-    """Fill `table` with random weights (torch.manual_seed(seed), keys in order) as `dtype` and save it to `path`
-    (through a temporary file, so that a host never lists a half-written checkpoint)."""
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                      torch.float8_e4m3fn: "F8_E4M3"}
+
+
+def write_checkpoint(path: str, table: Shapes, dtype: torch.dtype, seed: int, metadata: dict[str, str],
+                     dtype_by_prefix: dict[str, torch.dtype] | None = None) -> None:
+    """Fill `table` with random weights (torch.manual_seed(seed), keys in order) as `dtype` (or the dtype of the
+    first `dtype_by_prefix` prefix a key starts with) and write it to `path` in the safetensors format one tensor at
+    a time, so that a full-size text encoder never sits in memory whole; through a temporary file, so that a host
+    never lists a half-written checkpoint."""
+    dtypes = {key: next((kind for prefix, kind in (dtype_by_prefix or {}).items() if key.startswith(prefix)), dtype)
+              for key in table}
+    header: dict[str, object] = {"__metadata__": {"format": "pt", **metadata}}
+    offset = 0
+    for key, shape in table.items():
+        size = math.prod(shape) * dtypes[key].itemsize
+        header[key] = {"dtype": SAFETENSORS_DTYPES[dtypes[key]], "shape": list(shape),
+                       "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
     torch.manual_seed(seed)
-    tensors = {key: random_tensor(key, shape, table).to(dtype).contiguous() for key, shape in table.items()}
-    for key, tensor in tensors.items():
-        assert torch.isfinite(tensor.float()).all(), key
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = path + ".tmp"
-    save_file(tensors, temporary, metadata={"format": "pt", **metadata})
+    with open(temporary, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)) + encoded)
+        for key, shape in table.items():
+            values = random_tensor(key, shape, table)
+            assert torch.isfinite(values).all(), key
+            file.write(values.to(dtypes[key]).contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            del values
     os.replace(temporary, path)
 
 
 def write_checkpoint_unless_present(path: str, make_table: Callable[[], Shapes], dtype: torch.dtype, seed: int,
-                                    wanted: dict[str, str], note: str, force: bool = False) -> None:
+                                    wanted: dict[str, str], note: str, force: bool = False,
+                                    dtype_by_prefix: dict[str, torch.dtype] | None = None) -> None:
     """Write the checkpoint `make_table` describes, unless `path` already holds one whose metadata has every
     `wanted` value (a rerun of a maker keeps it; `force` writes it anew). Prints what it did."""
     if not force and os.path.exists(path) and all(metadata_of(path).get(key) == value for key, value in wanted.items()):
@@ -298,7 +321,7 @@ def write_checkpoint_unless_present(path: str, make_table: Callable[[], Shapes],
         return
     started = time.time()
     table = make_table()
-    write_checkpoint(path, table, dtype, seed, {**wanted, "note": note})
+    write_checkpoint(path, table, dtype, seed, {**wanted, "note": note}, dtype_by_prefix)
     print(f"{path}: {len(table)} keys, {parameters(table) / 1e6:.0f} M parameters, "
           f"{os.path.getsize(path) / 2**20:.0f} MiB, {time.time() - started:.0f} s")
 

@@ -1,11 +1,11 @@
-"""ToDo on the diffusion transformers of a live host: Forge Neo with the random-weight Chroma, Flux.1-dev and
-Z-Image checkpoints of ../shared/live-host/setup-neo-dit.sh; WebUI Forge with the random Flux.1-dev, Chroma and
-SD3.5 Medium of make_random_forge_dit.py; A1111 with the random SD3 Medium of make_random_a1111_sd3.py (their
-docstrings say what each host reads and what they set up or patch beside the checkpoint).
+"""ToDo on the diffusion transformers of a live host: WebUI Forge with the random SD3.5 Medium of
+make_random_forge_dit.py, A1111 with the random SD3 Medium of make_random_a1111_sd3.py, or any host that lists a DiT
+checkpoint ToDo knows (Flux, Chroma, Lumina 2 / Z-Image, Qwen-Image, Wan, SD3) and loads it unmodified.
 
-Set WEBUI_URL as for test_webui_e2e.py. The DiT checkpoints are the host's models whose names contain chroma, flux,
-zimage, qwen, wan or sd3, or those WEBUI_DIT_MODELS names (comma-separated); each request selects its model with
-`override_settings`. Skipped without a host or without a DiT checkpoint.
+Set WEBUI_URL as for test_webui_e2e.py. Which listed checkpoint is a DiT, and of which family, the host says: each
+is loaded once by a one-step 64 px job, then ToDo's own route GET /todo/v1/layout reports the loaded model's layout
+(WEBUI_DIT_MODELS, comma-separated checkpoint titles, limits the probe to those). Each request selects its model with
+`override_settings`. A family the host runs but lists no checkpoint of is skipped with the reason.
 """
 
 import json
@@ -13,16 +13,17 @@ import os
 import re
 
 import pytest
-from test_webui_e2e import WEBUI_URL, call, kv_line, pixels, png_of, xyz_ratio_axis
+from test_webui_e2e import WEBUI_URL, call, hires, kv_line, pixels, png_of, webui_host, xyz_ratio_axis
 
 from todo_ext.args import INFOTEXT_FIRST_PASS_KV_KEY, INFOTEXT_HIRES_KV_KEY, INFOTEXT_NOTE_KEY
 
 pytestmark = pytest.mark.skipif(not WEBUI_URL, reason="WEBUI_URL is not set (no live WebUI to test against)")
 
-DIT_NAMES = re.compile(r"chroma|flux|z-?image|qwen|wan|sd3", re.IGNORECASE)
+LAYOUT_ROUTE = "/todo/v1/layout"
 SIZE = 256
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 2, "width": SIZE, "height": SIZE,
         "seed": 1234, "sampler_name": "Euler", "scheduler": "simple", "cfg_scale": 1, "batch_size": 1}
+PROBE = {**BASE, "steps": 1, "width": 64, "height": 64}
 EVERY_BLOCK = {"enabled": True, "ratio": 0.75, "max_depth": 3}
 """The live checkpoints have one or two blocks of each kind: Max depth 3 reaches every attention block."""
 OUTSIDE_WINDOW = re.compile(r"(\d+) calls? outside the step window")
@@ -31,20 +32,67 @@ BIAS_PART = re.compile(r"bias as (mask|channel) in (\d+) calls?")
 Forge's sub-quadratic attention (its CPU default)."""
 IMAGE_PART = re.compile(r"img (?P<grid>\d+x\d+)->(?P<kv>\d+x\d+) \((?P<factor>[\d.]+)x\)(?P<kept>(?: \+ \d+ \w+)*)"
                         r"(?: kept)? in (?P<calls>\d+) calls?")
+FLUX_FAMILY = ("Flux", "Chroma")
+HOST_FAMILIES = {"a1111": ("SD3",), "forge": ("Flux", "Chroma", "SD3"),
+                 "neo": ("Flux", "Chroma", "Lumina 2 / Z-Image", "Qwen-Image", "Wan")}
+"""The DiT families ToDo acts on per host (README, Hosts); reForge and Classic run none."""
+FORGE_FLUX_DEPTH = ("WebUI Forge fixes Flux's and Chroma's depth at 19 double and 38 single blocks in its detection"
+                    " (huggingface_guess) and builds what it detects: a random checkpoint at that depth (12 B"
+                    " parameters) does not fit a CPU test machine. tests/test_dit.py runs ToDo on the stand-ins of"
+                    " Forge's flux.py (case flux-forge) and of Chroma (case chroma)")
+NO_LIVE_FIXTURE = {("forge", "Flux"): FORGE_FLUX_DEPTH, ("forge", "Chroma"): FORGE_FLUX_DEPTH}
 
 
-def dit_models():
-    if not WEBUI_URL:
-        return []
+def probe_layouts():
+    """{checkpoint title: layout} for every checkpoint the host lists (or WEBUI_DIT_MODELS names): a one-step job
+    loads it, then ToDo's layout route says what the host built ({"kind": "unet" | "dit" | "unknown", ...}); a
+    checkpoint whose job fails maps to {"kind": "failed", "error": ...}. None where the host lacks the route. The
+    host's selected checkpoint is selected again afterwards, for the tests that use it."""
     named = [name for name in os.environ.get("WEBUI_DIT_MODELS", "").split(",") if name]
-    if named:
-        return named
     status, models = call("/sdapi/v1/sd-models")
-    return [model["model_name"] for model in models if DIT_NAMES.search(model["model_name"])] if status == 200 else []
+    assert status == 200, models
+    status, options = call("/sdapi/v1/options")
+    assert status == 200, options
+    layouts = {}
+    try:
+        for title in named or [model["title"] for model in models]:
+            status, body = call("/sdapi/v1/txt2img", {**PROBE, "override_settings": {"sd_model_checkpoint": title},
+                                                      "override_settings_restore_afterwards": False}, timeout=1800)
+            if status != 200:
+                layouts[title] = {"kind": "failed", "error": f"{status} {body}"}
+                continue
+            status, layout = call(LAYOUT_ROUTE)
+            if status == 404:
+                return None
+            assert status == 200, layout
+            layouts[title] = layout
+    finally:
+        call("/sdapi/v1/options", {"sd_model_checkpoint": options["sd_model_checkpoint"]}, timeout=1800)
+    return layouts
 
 
-MODELS = dit_models()
-needs_dit = pytest.mark.skipif(not MODELS, reason="the host lists no DiT checkpoint")
+LAYOUTS = probe_layouts() if WEBUI_URL else {}
+needs_layouts = pytest.mark.skipif(LAYOUTS is None, reason=f"the host does not serve ToDo's {LAYOUT_ROUTE}")
+DITS = {title: layout["family"] for title, layout in (LAYOUTS or {}).items() if layout["kind"] == "dit"}
+MODELS = list(DITS)
+needs_dit = pytest.mark.skipif(not MODELS, reason="the host lists no DiT checkpoint that ToDo acts on")
+FAMILIES = sorted({*HOST_FAMILIES.get(webui_host(), ()), *DITS.values()}) if WEBUI_URL else []
+
+
+def models_of(family):
+    """The host's checkpoints of `family`; skips, with the reason, where it lists none."""
+    models = [title for title, of in DITS.items() if of == family]
+    if not models:
+        host = webui_host()
+        pytest.skip(NO_LIVE_FIXTURE.get((host, family), f"the host ({host}) lists no {family} checkpoint"))
+    return models
+
+
+@needs_layouts
+def test_every_listed_checkpoint_loads():
+    """The probe's one-step job ran on every checkpoint: a fixture the host cannot load fails here, by name."""
+    failed = {title: layout["error"] for title, layout in LAYOUTS.items() if layout["kind"] == "failed"}
+    assert not failed, failed
 
 
 def generate(model, todo_args=None, route="txt2img", **overrides):
@@ -78,41 +126,43 @@ def token_grid(pixels_per_side):
     return -(-(pixels_per_side // 8) // 2)
 
 
-@needs_dit
-@pytest.mark.parametrize("model", MODELS)
-def test_todo_acts_on_the_image_tokens_and_off_stays_identical(model):
-    before, plain_infotext = generate(model)
-    on, infotext = generate(model, [EVERY_BLOCK])
-    after, _ = generate(model)
-    assert "ToDo" not in plain_infotext
-    side = token_grid(SIZE)
-    parts = image_parts(infotext)
-    assert {(grid, kv, factor) for grid, kv, factor, _ in parts} == {(f"{side}x{side}", f"{side // 2}x{side // 2}",
-                                                                     2.0)}, infotext
-    assert re.search(rf"; bias as (mask|channel) in {sum(parts.values())} calls?", infotext), infotext
-    assert INFOTEXT_NOTE_KEY not in infotext
-    assert on != before, "same seed, different pixels with ToDo on"
-    assert before == after, "ToDo off is bit-identical before and after a ToDo job"
+@needs_layouts
+@pytest.mark.parametrize("family", FAMILIES)
+def test_todo_acts_on_the_image_tokens_and_off_stays_identical(family):
+    for model in models_of(family):
+        before, plain_infotext = generate(model)
+        on, infotext = generate(model, [EVERY_BLOCK])
+        after, _ = generate(model)
+        assert "ToDo" not in plain_infotext
+        side = token_grid(SIZE)
+        parts = image_parts(infotext)
+        assert {(grid, kv, factor) for grid, kv, factor, _ in parts} == {
+            (f"{side}x{side}", f"{side // 2}x{side // 2}", 2.0)}, infotext
+        assert re.search(rf"; bias as (mask|channel) in {sum(parts.values())} calls?", infotext), infotext
+        assert INFOTEXT_NOTE_KEY not in infotext
+        assert on != before, f"{model}: same seed, different pixels with ToDo on"
+        assert before == after, f"{model}: ToDo off is bit-identical before and after a ToDo job"
 
 
-@needs_dit
-@pytest.mark.parametrize("model", [m for m in MODELS if re.search("chroma|flux", m, re.IGNORECASE)])
-def test_flux_family_keeps_the_prompts_tokens(model):
-    _, infotext = generate(model, [EVERY_BLOCK])
-    kept = {kept for _, _, _, kept in image_parts(infotext)}
-    assert len(kept) == 1 and next(iter(kept))[0][1] == "text" and int(next(iter(kept))[0][0]) > 0, infotext
+@needs_layouts
+@pytest.mark.parametrize("family", [family for family in FAMILIES if family in FLUX_FAMILY])
+def test_flux_family_keeps_the_prompts_tokens(family):
+    for model in models_of(family):
+        _, infotext = generate(model, [EVERY_BLOCK])
+        kept = {kept for _, _, _, kept in image_parts(infotext)}
+        assert len(kept) == 1 and next(iter(kept))[0][1] == "text" and int(next(iter(kept))[0][0]) > 0, infotext
 
 
 @needs_dit
 def test_hires_fix_with_its_own_ratio_on_a_dit():
     model = MODELS[0]
-    _, infotext = generate(model, [{**EVERY_BLOCK, "hires_mode": "own", "hires_ratio": 0.9375}], enable_hr=True,
-                           hr_scale=2, hr_upscaler="Latent", hr_second_pass_steps=1, denoising_strength=0.6,
-                           hr_additional_modules=["Use same choices"], hr_cfg=1, hr_cfg_scale=1)
+    _, infotext = generate(model, [{**EVERY_BLOCK, "hires_mode": "own", "hires_ratio": 0.9375}],
+                           **{**hires(), "hr_cfg": 1, "hr_cfg_scale": 1}, hr_scale=2, hr_second_pass_steps=1,
+                           denoising_strength=0.6)
     side = token_grid(2 * SIZE)
-    hires = image_parts(infotext, INFOTEXT_HIRES_KV_KEY)
-    assert {(grid, kv, factor) for grid, kv, factor, _ in hires} == {(f"{side}x{side}", f"{side // 4}x{side // 4}",
-                                                                      4.0)}, infotext
+    hires_parts = image_parts(infotext, INFOTEXT_HIRES_KV_KEY)
+    assert {(grid, kv, factor) for grid, kv, factor, _ in hires_parts} == {
+        (f"{side}x{side}", f"{side // 4}x{side // 4}", 4.0)}, infotext
 
 
 @needs_dit
@@ -126,10 +176,9 @@ def test_invalid_args_are_rejected_on_a_dit_too():
 def test_a_unet_checkpoint_is_unchanged_by_dit_jobs():
     """An SD1.5 image without ToDo is the same before and after ToDo ran on a DiT (nothing of ToDo stays on the
     attention functions), and ToDo still acts on the U-Net."""
-    status, models = call("/sdapi/v1/sd-models")
-    unets = [m["model_name"] for m in models if not DIT_NAMES.search(m["model_name"])] if status == 200 else []
+    unets = [title for title, layout in LAYOUTS.items() if layout["kind"] == "unet" and layout["levels"][0] == 0]
     if not unets:
-        pytest.skip("the host lists no U-Net checkpoint")
+        pytest.skip("the host lists no SD1.x/SD2.x U-Net checkpoint")
     before, _ = generate(unets[0], cfg_scale=5)
     generate(MODELS[0], [EVERY_BLOCK])
     after, _ = generate(unets[0], cfg_scale=5)

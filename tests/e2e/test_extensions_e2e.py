@@ -1,8 +1,8 @@
 """ToDo beside the extensions that touch the U-Net, on a live host that has them: AUTOMATIC1111 WebUI with the
 sd-webui extensions installed (ControlNet 56cec5b2, Tiled Diffusion 22798f68, Kohya Hires.fix 05af9874, Regional
-Prompter be623452; see ../shared/live-host/README.md, host "a1111-ext"), or a Forge-family host with its built-ins
-(ControlNet Integrated with ControlLLLite, MultiDiffusion Integrated, Kohya HRFix Integrated where the host ships
-it: Forge and reForge, not Neo or Classic).
+Prompter be623452; README's "Live-host end-to-end tests" says what the host must hold), or a Forge-family host with
+its built-ins (ControlNet Integrated with ControlLLLite, MultiDiffusion Integrated, Kohya HRFix Integrated where the
+host ships it: Forge and reForge, not Neo or Classic).
 
 Set WEBUI_URL to run; skipped otherwise, and each test is skipped where its extension is absent. The host is told
 apart as test_webui_e2e.webui_host() does (WEBUI_HOST overrides it). Standard library only, like
@@ -92,7 +92,7 @@ def hint():
 @pytest.fixture(scope="module")
 def lllite(controlnet, hint):
     """A ControlNet unit of a (ControlNet-)LLLite model for the loaded checkpoint: sd15_lllite_random or
-    sd15_lllite_tiny_random (setup-extensions.sh on A1111, make_random_controllllite.py on the Forge family).
+    sd15_lllite_tiny_random, whichever the host lists (make_random_controllllite.py writes one for the Forge family).
     Skipped only where the host has none."""
     status, options = call("/sdapi/v1/options")
     assert status == 200, options

@@ -1,7 +1,7 @@
 """The ToDo controls in a live WebUI's page, driven by a headless Chromium: paste, Send to img2img and the K/V line.
 
 Needs WEBUI_URL (a WebUI with its UI, not --nowebui), selenium and chromium/chromedriver (see
-../shared/live-host/README.md); skipped otherwise. Element ids follow Script.elem_id: script_<tab>_todo_<field>.
+README's "Live-host end-to-end tests"); skipped otherwise. Element ids follow Script.elem_id: script_<tab>_todo_<field>.
 """
 
 import os

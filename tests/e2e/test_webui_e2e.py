@@ -37,8 +37,8 @@ needs_cors = pytest.mark.skipif(not WEBUI_CORS_ORIGIN, reason="WEBUI_CORS_ORIGIN
 
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "", "steps": 3, "width": 256, "height": 256,
         "seed": 1234, "sampler_name": "Euler", "cfg_scale": 5, "batch_size": 1}
-HIRES = {"enable_hr": True, "hr_upscaler": "Latent", "hr_additional_modules": ["Use same choices"],
-         "hr_cfg": BASE["cfg_scale"], "hr_cfg_scale": BASE["cfg_scale"]}
+HIRES_FIELDS = {"enable_hr": True, "hr_additional_modules": ["Use same choices"], "hr_cfg": BASE["cfg_scale"],
+                "hr_cfg_scale": BASE["cfg_scale"]}
 """Hires fix the same on every host: Forge answers 500 without `hr_additional_modules`, reForge runs the hires
 pass at `hr_cfg` 1.0 unless told, Classic answers 500 without `hr_cfg_scale`; A1111's API model ignores them."""
 
@@ -110,6 +110,29 @@ def webui_host():
             assert host, f"unknown Forge-family host; set WEBUI_HOST to one of {', '.join(FORGE_FAMILY)}"
             _host.append(host)
     return _host[0]
+
+
+_upscaler = []
+
+
+def hires_upscaler():
+    """An upscaler the host offers for hires fix: its first latent upscale mode, else its first image upscaler
+    other than "None". Hosts list different ones (Forge Neo 2.26 has no "Latent")."""
+    if not _upscaler:
+        status, modes = call("/sdapi/v1/latent-upscale-modes")
+        names = [mode["name"] for mode in modes] if status == 200 else []
+        if not names:
+            status, upscalers = call("/sdapi/v1/upscalers")
+            assert status == 200, upscalers
+            names = [upscaler["name"] for upscaler in upscalers if upscaler["name"] != "None"]
+        assert names, "the host offers no upscaler for hires fix"
+        _upscaler.append(names[0])
+    return _upscaler[0]
+
+
+def hires():
+    """The request fields of a hires fix pass, with the host's upscaler."""
+    return {**HIRES_FIELDS, "hr_upscaler": hires_upscaler()}
 
 
 def decoded_png(png_base64):
@@ -243,7 +266,7 @@ def test_todo_on_positional():
 
 
 def test_todo_on_dict_args_and_hires_fix():
-    _, infotext = txt2img([{"enabled": True, "hires_mode": "own", "hires_ratio": 0.9375}], **HIRES,
+    _, infotext = txt2img([{"enabled": True, "hires_mode": "own", "hires_ratio": 0.9375}], **hires(),
                           hr_scale=2, hr_second_pass_steps=2, denoising_strength=0.6)
     assert f"{INFOTEXT_HIRES_KV_KEY}:" in infotext and "(4x" in infotext.split(INFOTEXT_HIRES_KV_KEY)[1]
     assert (0, (64, 64), (16, 16), 4.0) in kv_entries(infotext, INFOTEXT_HIRES_KV_KEY), "512 px: a 64x64 grid"
@@ -252,7 +275,7 @@ def test_todo_on_dict_args_and_hires_fix():
 
 
 def test_hires_pass_only():
-    _, infotext = txt2img([{"enabled": True, "hires_only": True}], **HIRES, hr_scale=1.5, hr_second_pass_steps=1,
+    _, infotext = txt2img([{"enabled": True, "hires_only": True}], **hires(), hr_scale=1.5, hr_second_pass_steps=1,
                           denoising_strength=0.5, steps=2)
     assert f"{INFOTEXT_HIRES_KV_KEY}:" in infotext and f"{INFOTEXT_FIRST_PASS_KV_KEY}:" not in infotext
     assert INFOTEXT_NOTE_KEY not in infotext
@@ -317,7 +340,7 @@ def test_infotext_round_trip_through_png_info():
 
 def test_todo_off_image_identical_before_and_after_a_todo_job():
     before, _ = txt2img()
-    txt2img(ToDoArgs(enabled=True, ratio=0.9375).to_list(), **HIRES, hr_scale=1.5, hr_second_pass_steps=1,
+    txt2img(ToDoArgs(enabled=True, ratio=0.9375).to_list(), **hires(), hr_scale=1.5, hr_second_pass_steps=1,
             denoising_strength=0.5)
     after, _ = txt2img()
     assert pixels(before) == pixels(after)

@@ -73,10 +73,8 @@ class CrossAttentionPatch:
     the image's cond/uncond tokens. How it attends does not matter here, only what a clone copies."""
 
     def __init__(self, ipadapter, number, cond, uncond):
-        self.ipadapters = [ipadapter]
-        self.conds = [cond]
-        self.unconds = [uncond]
         self.number = number
+        self.ipadapters, self.conds, self.unconds = [ipadapter], [cond], [uncond]
 
 
 def forge_model_with_ip_adapter():

@@ -24,15 +24,15 @@ class Prediction(nn.Module):
     def __init__(self, linear_start=0.00085, linear_end=0.012, timesteps=1000):
         super().__init__()
         betas = torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64) ** 2
-        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-        sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
-        self.register_buffer("sigmas", sigmas.float())
-        self.register_buffer("log_sigmas", sigmas.log().float())
+        signal = torch.cumprod(1.0 - betas, dim=0)
+        noise_to_signal = (1.0 - signal) / signal
+        self.register_buffer("sigmas", noise_to_signal.sqrt().float())
+        self.register_buffer("log_sigmas", (0.5 * noise_to_signal.log()).float())
 
     def timestep(self, sigma):
         """Mirrors Prediction.timestep: the index of the nearest log-sigma."""
-        dists = sigma.log().to(self.log_sigmas.device) - self.log_sigmas[:, None]
-        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+        distance = (sigma.log().reshape(1, -1) - self.log_sigmas.reshape(-1, 1)).abs()
+        return torch.argmin(distance, dim=0).reshape(sigma.shape)
 
     def sigma(self, timestep):
         """Mirrors Prediction.sigma: log-linear interpolation between schedule entries."""
@@ -63,12 +63,10 @@ class PredictionContinuousEDM(nn.Module):
         return 0.25 * sigma.log()
 
     def percent_to_sigma(self, percent):
-        if percent <= 0.0:
-            return 999999999.9
-        if percent >= 1.0:
-            return 0.0
-        log_sigma_min = math.log(self.sigma_min)
-        return math.exp((math.log(self.sigma_max) - log_sigma_min) * (1.0 - percent) + log_sigma_min)
+        if not 0.0 < percent < 1.0:
+            return 999999999.9 if percent <= 0.0 else 0.0
+        low, high = math.log(self.sigma_min), math.log(self.sigma_max)
+        return math.exp(low + (high - low) * (1.0 - percent))
 
 
 def time_snr_shift(alpha, t):
@@ -88,15 +86,10 @@ class PredictionFlux(nn.Module):
     def timestep(self, sigma):
         return sigma
 
-    def sigma(self, timestep):
-        return timestep
+    sigma = timestep  # the identity both ways
 
     def percent_to_sigma(self, percent):
-        if percent <= 0.0:
-            return 1.0
-        if percent >= 1.0:
-            return 0.0
-        return 1.0 - percent
+        return 1.0 - min(max(percent, 0.0), 1.0)
 
 
 class PredictionDiscreteFlow(nn.Module):
@@ -110,17 +103,15 @@ class PredictionDiscreteFlow(nn.Module):
         self.register_buffer("sigmas", self.sigma(torch.arange(1, timesteps + 1) / timesteps * multiplier))
 
     def timestep(self, sigma):
-        return sigma * self.multiplier
+        return self.multiplier * sigma
 
     def sigma(self, timestep):
-        return time_snr_shift(self.shift, timestep / self.multiplier)
+        fraction = timestep / self.multiplier
+        return time_snr_shift(self.shift, fraction)
 
     def percent_to_sigma(self, percent):
-        if percent <= 0.0:
-            return 1.0
-        if percent >= 1.0:
-            return 0.0
-        return time_snr_shift(self.shift, 1.0 - percent)
+        remaining = 1.0 - min(max(percent, 0.0), 1.0)
+        return time_snr_shift(self.shift, remaining)
 
 
 class KModel(nn.Module):
@@ -134,8 +125,8 @@ class KModel(nn.Module):
         self.predictor = predictor or Prediction()
 
     def apply_model(self, x, sigma, context, transformer_options, **extra_conds):
-        timestep = self.predictor.timestep(sigma).float()
-        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options, **extra_conds)
+        return forge_unet_call(self.diffusion_model, x, self.predictor.timestep(sigma).float(), context,
+                               transformer_options, **extra_conds)
 
 
 class BaseModel(nn.Module):
@@ -148,18 +139,17 @@ class BaseModel(nn.Module):
         self.model_sampling = Prediction()
 
     def apply_model(self, x, sigma, context, transformer_options):
-        timestep = self.model_sampling.timestep(sigma).float()
-        return forge_unet_call(self.diffusion_model, x, timestep, context, transformer_options)
+        return forge_unet_call(self.diffusion_model, x, self.model_sampling.timestep(sigma).float(), context,
+                               transformer_options)
 
 
 def set_model_options_patch_replace(model_options, patch, name, block_name, number, transformer_index=None):
     """Mirrors backend/patcher/base.py set_model_options_patch_replace (copies transformer_options first)."""
-    to = model_options["transformer_options"].copy()
-    to["patches_replace"] = dict(to.get("patches_replace", {}))
-    to["patches_replace"][name] = dict(to["patches_replace"].get(name, {}))
-    block = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
-    to["patches_replace"][name][block] = patch
-    model_options["transformer_options"] = to
+    options = dict(model_options["transformer_options"])
+    replaced = {kind: dict(blocks) for kind, blocks in options.get("patches_replace", {}).items()}
+    where = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+    replaced.setdefault(name, {})[where] = patch
+    model_options.update(transformer_options={**options, "patches_replace": replaced})
     return model_options
 
 
@@ -168,7 +158,7 @@ class UnetPatcher:
 
     def __init__(self, model):
         self.model = model
-        self.model_options = {"transformer_options": {}}
+        self.model_options = dict(transformer_options={})
 
     def clone(self):
         """Mirrors UnetPatcher.clone: same model, deep-copied model_options."""
@@ -178,18 +168,16 @@ class UnetPatcher:
 
     def set_model_patch(self, patch, name):
         """Mirrors ModelPatcher.set_model_patch: appends to transformer_options["patches"][name]."""
-        to = self.model_options["transformer_options"]
-        if "patches" not in to:
-            to["patches"] = {}
-        to["patches"][name] = [*to["patches"].get(name, []), patch]
+        patches = self.model_options["transformer_options"].setdefault("patches", {})
+        patches[name] = [*patches.get(name, []), patch]
 
     def set_model_attn1_patch(self, patch):
         """Mirrors ModelPatcher.set_model_attn1_patch."""
-        self.set_model_patch(patch, "attn1_patch")
+        self.set_model_patch(patch, name="attn1_patch")
 
     def set_model_attn1_output_patch(self, patch):
         """Mirrors ModelPatcher.set_model_attn1_output_patch."""
-        self.set_model_patch(patch, "attn1_output_patch")
+        self.set_model_patch(patch, name="attn1_output_patch")
 
     def set_model_attn2_replace(self, patch, block_name, number, transformer_index=None):
         """Mirrors ModelPatcher.set_model_attn2_replace (IP-Adapter keeps its modules in such a patch)."""
@@ -217,12 +205,11 @@ class ReforgeUnetPatcher(UnetPatcher):
         return clone
 
     def add_object_patch(self, name, obj):
-        self.object_patches[name] = obj
+        self.object_patches.update({name: obj})
 
     def get_model_object(self, name):
-        if name in self.object_patches:
-            return self.object_patches[name]
-        return getattr(self.model, name)
+        """An object patch wins over the model's own attribute."""
+        return self.object_patches[name] if name in self.object_patches else getattr(self.model, name)
 
 
 class ForgeObjects:
@@ -242,8 +229,8 @@ class ForgeDiffusionEngine:
 
     def __init__(self, diffusion_model, model_class=KModel):
         self.forge_objects = ForgeObjects(UnetPatcher(model_class(diffusion_model)))
-        self.forge_objects_original = self.forge_objects.shallow_copy()
-        self.forge_objects_after_applying_lora = self.forge_objects.shallow_copy()
+        for kept in ("forge_objects_original", "forge_objects_after_applying_lora"):
+            setattr(self, kept, self.forge_objects.shallow_copy())
 
 
 def _attention(q, k, v, heads):
@@ -256,49 +243,27 @@ def _attention(q, k, v, heads):
 
 def _transformer_block_forward(self, x, context=None, transformer_options=None):
     """Mirrors backend/nn/unet.py BasicTransformerBlock._forward on an ldm BasicTransformerBlock's modules: the
-    attn1 patches get `extra_options`, which leaves out `patches` and `patches_replace`."""
-    transformer_options = transformer_options or {}
-    extra_options = {}
-    block = transformer_options.get("block", None)
-    block_index = transformer_options.get("block_index", 0)
-    transformer_patches = {}
-    transformer_patches_replace = {}
-    for k in transformer_options:
-        if k == "patches":
-            transformer_patches = transformer_options[k]
-        elif k == "patches_replace":
-            transformer_patches_replace = transformer_options[k]
-        else:
-            extra_options[k] = transformer_options[k]
-    extra_options["n_heads"] = self.attn1.heads
-    n = self.norm1(x)
-    context_attn1 = None
-    value_attn1 = None
-    if "attn1_patch" in transformer_patches:
-        patch = transformer_patches["attn1_patch"]
-        if context_attn1 is None:
-            context_attn1 = n
-        value_attn1 = context_attn1
-        for p in patch:
-            n, context_attn1, value_attn1 = p(n, context_attn1, value_attn1, extra_options)
-    transformer_block = None if block is None else (block[0], block[1], block_index)
-    attn1_replace_patch = transformer_patches_replace.get("attn1", {})
-    block_attn1 = transformer_block if transformer_block in attn1_replace_patch else block
-    if context_attn1 is None:
-        context_attn1 = n
-        value_attn1 = n
-    q = self.attn1.to_q(n)
-    k = self.attn1.to_k(context_attn1)
-    v = self.attn1.to_v(value_attn1)
-    if block_attn1 in attn1_replace_patch:
-        n = attn1_replace_patch[block_attn1](q, k, v, extra_options)
-    else:
-        n = _attention(q, k, v, self.attn1.heads)
-    n = self.attn1.to_out(n)
-    if "attn1_output_patch" in transformer_patches:
-        for p in transformer_patches["attn1_output_patch"]:
-            n = p(n, extra_options)
-    x = x + n
+    attn1 patches get `extra_options`, which leaves out `patches` and `patches_replace`; each patch maps (hidden,
+    keys' source, values' source) to new ones; an attn1 replacement is looked up by (block, index) first, then by
+    block; the output patches run on attn1's projected output."""
+    options = dict(transformer_options or {})
+    patches = options.pop("patches", {})
+    replacements = options.pop("patches_replace", {}).get("attn1", {})
+    extra_options = {**options, "n_heads": self.attn1.heads}
+    hidden = self.norm1(x)
+    keys_from = values_from = hidden
+    for patch in patches.get("attn1_patch", []):
+        hidden, keys_from, values_from = patch(hidden, keys_from, values_from, extra_options)
+    q, k, v = self.attn1.to_q(hidden), self.attn1.to_k(keys_from), self.attn1.to_v(values_from)
+    where = options.get("block")
+    if where is not None and (*where, options.get("block_index", 0)) in replacements:
+        where = (*where, options.get("block_index", 0))
+    replacement = replacements.get(where)
+    out = _attention(q, k, v, self.attn1.heads) if replacement is None else replacement(q, k, v, extra_options)
+    out = self.attn1.to_out(out)
+    for patch in patches.get("attn1_output_patch", []):
+        out = patch(out, extra_options)
+    x = x + out
     x = self.attn2(self.norm2(x), context=context) + x
     return self.ff(self.norm3(x)) + x
 
@@ -340,8 +305,7 @@ def forge_unet_call(unet, x, timestep, context, transformer_options, **extra_con
     """One U-Net call with Forge's transformer_options bookkeeping (IntegratedUNet2DConditionModel.forward); a
     diffusion transformer (Flux, SD3, ...) runs its own forward, called as KModel.apply_model calls it: context,
     transformer_options and the other conditions as keywords."""
-    transformer_options["original_shape"] = list(x.shape)
-    transformer_options["transformer_index"] = 0
+    transformer_options.update(original_shape=list(x.shape), transformer_index=0)
     if not hasattr(unet, "input_blocks"):
         return unet(x, timestep, context=context, transformer_options=transformer_options, **extra_conds)
     _options_of_call.append(transformer_options)
@@ -358,9 +322,8 @@ def calc_cond_uncond_batch(patcher, x, sigma, context, cond_or_uncond=(0,), mode
     `model_function_wrapper` gets apply_model and the call's arguments, as there. `extra_conds` are the model's
     other conditions (Flux's `y`)."""
     model_options = patcher.model_options if model_options is None else model_options
-    transformer_options = model_options["transformer_options"].copy()
-    transformer_options["cond_or_uncond"] = list(cond_or_uncond)
-    transformer_options["sigmas"] = sigma
+    transformer_options = {**model_options["transformer_options"], "cond_or_uncond": list(cond_or_uncond),
+                           "sigmas": sigma}
     if "model_function_wrapper" in model_options:  # Neo's Spectrum (set_model_unet_function_wrapper)
         return model_options["model_function_wrapper"](
             lambda input_x, timestep_, **c: patcher.model.apply_model(input_x, timestep_, **c),
@@ -387,7 +350,7 @@ class TomePatcher:
     def patch(self, model, ratio):
         from tomesd.merge import bipartite_soft_matching_random2d
 
-        def tomesd_m(q, k, v, extra_options):
+        def merge_queries(q, k, v, extra_options):
             _, _, height, width = extra_options["original_shape"]
             if math.ceil(math.sqrt(height * width // q.shape[1])) > 1:
                 self.unmerge = lambda y: y
@@ -396,13 +359,13 @@ class TomePatcher:
                                                                    no_rand=True)
             return merge(q), k, v
 
-        def tomesd_u(n, extra_options):
-            return self.unmerge(n)
+        def unmerge_output(out, extra_options):
+            return self.unmerge(out)
 
-        m = model.clone()
-        m.set_model_attn1_patch(tomesd_m)
-        m.set_model_attn1_output_patch(tomesd_u)
-        return m
+        patched = model.clone()
+        patched.set_model_attn1_patch(merge_queries)
+        patched.set_model_attn1_output_patch(unmerge_output)
+        return patched
 
 
 def apply_token_merging(sd_model, ratio):
@@ -416,7 +379,7 @@ def hypertile_patch(patcher, tiles_per_side=2):
     queries are split into tiles (the batch grows), K/V are left as they were."""
     state = {}
 
-    def hypertile_in(q, k, v, extra_options):
+    def tile_queries(q, k, v, extra_options):
         _, _, height, width = extra_options["original_shape"]
         if q.shape[1] != height * width:
             return q, k, v
@@ -426,7 +389,7 @@ def hypertile_patch(patcher, tiles_per_side=2):
         state["tiled"] = (b, height, width)
         return q, k, v
 
-    def hypertile_out(out, extra_options):
+    def untile_output(out, extra_options):
         if "tiled" not in state:
             return out
         b, height, width = state.pop("tiled")
@@ -434,10 +397,10 @@ def hypertile_patch(patcher, tiles_per_side=2):
         out = out.view(b, t, t, height // t, width // t, out.shape[-1]).permute(0, 1, 3, 2, 4, 5)
         return out.reshape(b, height * width, -1)
 
-    m = patcher.clone()
-    m.set_model_attn1_patch(hypertile_in)
-    m.set_model_attn1_output_patch(hypertile_out)
-    return m
+    patched = patcher.clone()
+    patched.set_model_attn1_patch(tile_queries)
+    patched.set_model_attn1_output_patch(untile_output)
+    return patched
 
 
 def pag_attention(q, k, v, extra_options):
@@ -460,6 +423,12 @@ class SamplerLoop:
         return self._sample(p, x)
 
 
+def _reset_forge_objects(sd_model):
+    """What the host does before every pass: start again from the objects it kept after applying LoRAs."""
+    kept = sd_model.forge_objects_after_applying_lora
+    sd_model.forge_objects = kept.shallow_copy()
+
+
 def process_images(p, sample, *, token_merging_ratio=0.0):
     """Mirrors the Forge order in modules/processing.py (StableDiffusionProcessingTxt2Img.sample and
     sample_hr_pass): each pass makes its sampler (`p.sampler`, sd_samplers.create_sampler), then `forge_objects` is
@@ -477,7 +446,7 @@ def process_images(p, sample, *, token_merging_ratio=0.0):
         p.scripts.before_process_batch(p, batch_number=batch_number)
         p.sampler = SamplerLoop(sample)
         x = torch.randn(1, 4, -(-p.height // 8), -(-p.width // 8), generator=generator)
-        p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+        _reset_forge_objects(p.sd_model)
         apply_token_merging(p.sd_model, token_merging_ratio)
         p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
         samples = p.sampler.sample(p, x)
@@ -486,7 +455,7 @@ def process_images(p, sample, *, token_merging_ratio=0.0):
             p.sampler = SamplerLoop(sample)
             x = torch.randn(1, 4, -(-p.hr_upscale_to_y // 8), -(-p.hr_upscale_to_x // 8), generator=generator)
             p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
-            p.sd_model.forge_objects = p.sd_model.forge_objects_after_applying_lora.shallow_copy()
+            _reset_forge_objects(p.sd_model)
             apply_token_merging(p.sd_model, token_merging_ratio)
             p.scripts.process_before_every_sampling(p, x=x, noise=x, c=None, uc=None)
             samples = p.sampler.sample_img2img(p, x)

@@ -3,34 +3,29 @@
 import json
 import re
 
-re_param_code = r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)'
-re_param = re.compile(re_param_code)
+re_param = re.compile(r'\s*(\w[-\w /]+):\s*("(?:[^"\\]|\\.)+"|[^,]*)(?:,|$)')
+"""`key: value` pairs, the value JSON-quoted or up to the next comma (the host's pattern, in other words)."""
 
 
 class PasteField(tuple):
     """Mirrors infotext_utils.PasteField: (component, infotext key or function of the parsed params)."""
 
     def __new__(cls, component, target, *, api=None):
-        return super().__new__(cls, (component, target))
-
-    def __init__(self, component, target, *, api=None):
-        super().__init__()
-        self.api = api
-        self.component = component
-        self.label = target if isinstance(target, str) else None
-        self.function = target if callable(target) else None
+        field = tuple.__new__(cls, (component, target))
+        field.component, field.api = component, api
+        field.label, field.function = (None, target) if callable(target) else (target, None)
+        return field
 
 
 def quote(text):
     """Mirrors infotext_utils.quote."""
-    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
-        return text
-    return json.dumps(text, ensure_ascii=False)
+    needs_quotes = any(mark in str(text) for mark in (",", "\n", ":"))
+    return json.dumps(text, ensure_ascii=False) if needs_quotes else text
 
 
 def unquote(text):
     """Mirrors infotext_utils.unquote."""
-    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+    if not (text.startswith('"') and text.endswith('"')):
         return text
     try:
         return json.loads(text)
@@ -66,12 +61,12 @@ def api_script_values(paste_fields, inputs, params):
     for field in paste_fields:
         if id(field.component) not in indexes:
             continue
-        value = field.function(params) if field.function else params.get(field.label)
+        value = params.get(field.label) if field.function is None else field.function(params)
         if value is None:
             continue
-        target_type = type(field.component.value)
-        if not isinstance(value, target_type):
-            value = target_type(value)
+        kind = type(field.component.value)
+        if not isinstance(value, kind):
+            value = kind(value)
         values[indexes[id(field.component)]] = value
     return values
 

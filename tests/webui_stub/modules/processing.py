@@ -31,39 +31,31 @@ class StableDiffusionProcessingTxt2Img:
         self.extra_generation_params = {}
         self.is_api = False
 
-    @property
-    def sd_model(self):
-        return shared.sd_model
-
-    @sd_model.setter
-    def sd_model(self, value):
-        pass
+    sd_model = property(lambda self: shared.sd_model, lambda self, value: None,
+                        doc="The WebUI's loaded model; setting it is ignored, as in the WebUI.")
 
 
 class Processed:
     """Mirrors processing.Processed: the job's outputs and one infotext per image."""
 
     def __init__(self, p, images, infotexts):
-        self.images = images
-        self.infotexts = infotexts
+        self.images, self.infotexts, self.extra_generation_params = images, infotexts, p.extra_generation_params
         self.info = infotexts[0] if infotexts else ""
-        self.extra_generation_params = p.extra_generation_params
 
     def js(self):
         """Mirrors Processed.js: the API's `info`, with the job's own extra_generation_params dict (read after
         postprocess) and anything JSON cannot hold, callables included, as null."""
-        obj = {"infotexts": self.infotexts, "extra_generation_params": self.extra_generation_params}
-        return json.dumps(obj, default=lambda o: None)
+        return json.dumps({"infotexts": self.infotexts, "extra_generation_params": self.extra_generation_params},
+                          default=lambda unserialisable: None)
 
 
 def create_infotext(p):
     """Mirrors the parameter line of processing.create_infotext: callables get the locals, None is dropped,
     values with `,` `:` or newlines are quoted."""
-    generation_params = {"Steps": 1, "Seed": p.seed, **p.extra_generation_params}
-    for key, value in generation_params.items():
-        if callable(value):
-            generation_params[key] = value(**locals())
-    return ", ".join(k if k == v else f"{k}: {quote(v)}" for k, v in generation_params.items() if v is not None)
+    params = {"Steps": 1, "Seed": p.seed, **p.extra_generation_params}
+    params = {key: value(p=p, generation_params=params) if callable(value) else value for key, value in params.items()}
+    return ", ".join(key if key == value else f"{key}: {quote(value)}" for key, value in params.items()
+                     if value is not None)
 
 
 def _latent(p, width, height):

@@ -15,20 +15,15 @@ class CFGDenoiserParams:
 
     def __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond,
                  denoiser=None):
-        self.x = x
-        self.image_cond = image_cond
-        self.sigma = sigma
-        self.sampling_step = sampling_step
-        self.total_sampling_steps = total_sampling_steps
-        self.text_cond = text_cond
-        self.text_uncond = text_uncond
-        self.denoiser = denoiser
+        self.__dict__.update(x=x, image_cond=image_cond, sigma=sigma, sampling_step=sampling_step,
+                             total_sampling_steps=total_sampling_steps, text_cond=text_cond, text_uncond=text_uncond,
+                             denoiser=denoiser)
 
 
 def clear_callbacks():
     """Mirrors script_callbacks.clear_callbacks (run before scripts are reloaded)."""
-    for callback_list in callback_map.values():
-        callback_list.clear()
+    for registered in callback_map.values():
+        registered.clear()
 
 
 def on_app_started(callback, *, name=None):

@@ -9,7 +9,7 @@ from collections import namedtuple
 
 AlwaysVisible = object()
 
-ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+ScriptClassData = namedtuple("ScriptClassData", "script_class path basedir module")
 """Mirrors scripts.ScriptClassData."""
 
 scripts_data = []
@@ -18,10 +18,10 @@ scripts_data = []
 
 def load_module(path):
     """Mirrors modules/script_loading.py load_module: the module is named after the file ("xyz_grid.py")."""
-    module_spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return loaded
 
 
 def load_scripts(script_files):
@@ -33,21 +33,15 @@ def load_scripts(script_files):
             sys.path = [basedir, *sys.path]
     for path, basedir in script_files:
         module = load_module(path)
-        for script_class in module.__dict__.values():
-            if inspect.isclass(script_class) and issubclass(script_class, Script):
-                scripts_data.append(ScriptClassData(script_class, path, basedir, module))
+        scripts_data.extend(ScriptClassData(found, path, basedir, module) for found in vars(module).values()
+                            if inspect.isclass(found) and issubclass(found, Script))
 
 
 class Script:
     """Mirrors scripts.Script: the attributes and hook signatures an always-visible script relies on."""
 
-    name = None
-    filename = None
-    args_from = None
-    args_to = None
-    alwayson = False
-    is_txt2img = False
-    is_img2img = False
+    name = filename = args_from = args_to = None
+    alwayson = is_txt2img = is_img2img = False
     infotext_fields = None
     paste_field_names = None
 
@@ -77,11 +71,10 @@ class Script:
 
     def elem_id(self, item_id):
         """Mirrors Script.elem_id."""
-        need_tabname = self.show(True) == self.show(False)
-        tabkind = "img2img" if self.is_img2img else "txt2img"
-        tabname = f"{tabkind}_" if need_tabname else ""
-        title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
-        return f"script_{tabname}{title}_{item_id}"
+        on_both_tabs = self.show(True) == self.show(False)
+        tab = ("img2img_" if self.is_img2img else "txt2img_") if on_both_tabs else ""
+        words = re.sub(r"[^a-z_0-9]", "", "_".join(re.split(r"\s", self.title().lower())))
+        return "script_" + tab + words + "_" + item_id
 
 
 class PostprocessImageArgs:

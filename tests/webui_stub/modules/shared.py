@@ -7,22 +7,20 @@ class OptionInfo:
     def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
                  refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
                  category_id=None):
-        self.default = default
-        self.label = label
-        self.component = component
-        self.component_args = component_args
-        self.section = section
-        self.category_id = category_id
-        self.comment_after = comment_after
+        self.__dict__.update(default=default, label=label, component=component, component_args=component_args,
+                             section=section, category_id=category_id, comment_after=comment_after)
 
     def info(self, info):
         """Mirrors OptionInfo.info."""
-        self.comment_after += f"<span class='info'>({info})</span>"
-        return self
+        return self._note(f"({info})")
 
     def needs_reload_ui(self):
         """Mirrors OptionInfo.needs_reload_ui."""
-        self.comment_after += " <span class='info'>(requires Reload UI)</span>"
+        return self._note("(requires Reload UI)", separator=" ")
+
+    def _note(self, text, separator=""):
+        """Both notes are the same span after the setting, the Reload UI one after a space."""
+        self.comment_after = f"{self.comment_after}{separator}<span class='info'>{text}</span>"
         return self
 
 

@@ -16,8 +16,8 @@ class InputAccordion(gr.Checkbox):
         self.accordion.__enter__()
         return self
 
-    def __exit__(self, exc_type, exc_val, exc_tb):
-        self.accordion.__exit__(exc_type, exc_val, exc_tb)
+    def __exit__(self, *exception):
+        self.accordion.__exit__(*exception)
 
 
 InputAccordionImpl = InputAccordion

@@ -15,16 +15,15 @@ class UiLoadsave:
         replaces the control's, an unsaved one is recorded; `do_not_save_to_config` opts a control out."""
 
         def apply_field(obj, field):
-            if getattr(obj, "do_not_save_to_config", False):
+            if getattr(obj, "do_not_save_to_config", False) is True:
                 return
             key = f"{path}/{field}"
             if isinstance(obj, gr.Accordion) and isinstance(x, InputAccordion) and field == "value":
                 field = "open"
-            saved_value = self.ui_settings.get(key, None)
-            if saved_value is None:
+            if self.ui_settings.get(key) is None:
                 self.ui_settings[key] = getattr(obj, field, None)
             else:
-                setattr(obj, field, saved_value)
+                setattr(obj, field, self.ui_settings[key])
 
         if type(x) in (gr.Slider, gr.Radio, gr.Checkbox):
             apply_field(x, "value")

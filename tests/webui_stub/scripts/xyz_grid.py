@@ -3,12 +3,14 @@ AxisOption and boolean_choice in the module's namespace, and its Script class.""
 
 from modules import scripts
 
+BOOLEAN_ORDER = ("True", "False")
+
 
 def boolean_choice(reverse: bool = False):
     """Mirrors scripts/xyz_grid.py boolean_choice."""
 
     def choice():
-        return ["False", "True"] if reverse else ["True", "False"]
+        return list(reversed(BOOLEAN_ORDER)) if reverse else list(BOOLEAN_ORDER)
 
     return choice
 
@@ -34,19 +36,11 @@ class AxisOption:
 
     def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0, choices=None,
                  prepare=None):
-        self.label = label
-        self.type = type
-        self.apply = apply
-        self.format_value = format_value
-        self.confirm = confirm
-        self.cost = cost
-        self.prepare = prepare
-        self.choices = choices
+        self.__dict__.update(label=label, type=type, apply=apply, format_value=format_value, confirm=confirm,
+                             cost=cost, prepare=prepare, choices=choices)
 
 
-axis_options = [
-    AxisOption("Nothing", str, do_nothing, format_value=format_nothing),
-]
+axis_options = [AxisOption("Nothing", str, do_nothing, format_value=format_nothing)]
 """Mirrors scripts/xyz_grid.py axis_options (the first of its built-in axes)."""
 
 

@@ -8,18 +8,12 @@ import torch
 from torch import nn
 
 from .a1111_other_impls import attention
-from .forge_mmditx import DismantledBlock, FinalLayer, PatchEmbed, TimestepEmbedder
+from .forge_mmditx import DismantledBlock, FinalLayer, PatchEmbed, TimestepEmbedder, mix
 
 
 def block_mixing(context, x, context_block, x_block, c):
-    """Mirrors mmdit.py block_mixing: one `attention(q, k, v, heads)` over [context, x]."""
-    context_qkv, context_intermediates = context_block.pre_attention(context, c)
-    x_qkv, x_intermediates = x_block.pre_attention(x, c)
-    q, k, v = (torch.cat((context_qkv[i], x_qkv[i]), dim=1) for i in range(3))
-    attn = attention(q, k, v, x_block.attn.num_heads)
-    context_attn, x_attn = attn[:, :context_qkv[0].shape[1]], attn[:, context_qkv[0].shape[1]:]
-    context = None if context_block.pre_only else context_block.post_attention(context_attn, *context_intermediates)
-    return context, x_block.post_attention(x_attn, *x_intermediates)
+    """Mirrors mmdit.py block_mixing: one `attention(q, k, v, heads)` over [context, x], this module's."""
+    return mix(context, x, context_block, x_block, c, attention)
 
 
 class JointBlock(nn.Module):
@@ -30,8 +24,8 @@ class JointBlock(nn.Module):
         self.context_block = DismantledBlock(hidden_size, num_heads, pre_only=pre_only)
         self.x_block = DismantledBlock(hidden_size, num_heads)
 
-    def forward(self, *args, **kwargs):
-        return block_mixing(*args, context_block=self.context_block, x_block=self.x_block, **kwargs)
+    def forward(self, context, x, c):
+        return block_mixing(context, x, self.context_block, self.x_block, c)
 
 
 class MMDiT(nn.Module):
@@ -42,8 +36,7 @@ class MMDiT(nn.Module):
                  pos_embed_max_size=16):
         super().__init__()
         hidden_size = 64 * depth
-        self.out_channels = in_channels
-        self.pos_embed_max_size = pos_embed_max_size
+        self.out_channels, self.pos_side = in_channels, pos_embed_max_size
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = nn.Sequential(nn.Linear(adm_in_channels, hidden_size), nn.SiLU(),
@@ -61,21 +54,21 @@ class MMDiT(nn.Module):
         """Mirrors MMDiT.cropped_pos_embed."""
         patch = self.x_embedder.patch_size[0]
         rows, cols = hw[0] // patch, hw[1] // patch
-        top, left = (self.pos_embed_max_size - rows) // 2, (self.pos_embed_max_size - cols) // 2
-        grid = self.pos_embed.view(1, self.pos_embed_max_size, self.pos_embed_max_size, -1)
+        top, left = (self.pos_side - rows) // 2, (self.pos_side - cols) // 2
+        grid = self.pos_embed.view(1, self.pos_side, self.pos_side, -1)
         return grid[:, top:top + rows, left:left + cols].reshape(1, rows * cols, -1)
 
     def forward(self, x, t, y=None, context=None):
         hw = x.shape[-2:]
-        x = self.x_embedder(x) + self.cropped_pos_embed(hw)
+        x = self.cropped_pos_embed(hw) + self.x_embedder(x)
         c = self.t_embedder(t, dtype=x.dtype)
         if y is not None:
             c = c + self.y_embedder(y)
-        context = self.context_embedder(context)
+        text = self.context_embedder(context)
         if self.register_length:
-            context = torch.cat((self.register.expand(x.shape[0], -1, -1), context), dim=1)
+            text = torch.cat((self.register.expand(x.shape[0], -1, -1), text), dim=1)
         for block in self.joint_blocks:
-            context, x = block(context, x, c=c)
+            text, x = block(text, x, c=c)
         patch = self.x_embedder.patch_size[0]
         rows, cols = hw[0] // patch, hw[1] // patch
         out = self.final_layer(x, c).reshape(x.shape[0], rows, cols, patch, patch, self.out_channels)

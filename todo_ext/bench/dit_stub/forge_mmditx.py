@@ -26,16 +26,16 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
-        self.patch_size = (patch_size, patch_size)
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.patch_size = (patch_size,) * 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, patch_size)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
+        return self.proj(x).flatten(2).mT
 
 
 def modulate(x, shift, scale):
-    """Mirrors mmditx.py modulate."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """Mirrors mmditx.py modulate: scale around 1 and shift, per token."""
+    return x * (scale[:, None] + 1) + shift[:, None]
 
 
 class TimestepEmbedder(nn.Module):
@@ -43,12 +43,12 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 64):
         super().__init__()
-        self.frequency_embedding_size = frequency_embedding_size
+        self.half = frequency_embedding_size // 2
         self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size), nn.SiLU(),
                                  nn.Linear(hidden_size, hidden_size))
 
     def forward(self, t, dtype):
-        half = self.frequency_embedding_size // 2
+        half = self.half
         freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         angles = t[:, None].float() * freqs[None]
         return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).to(dtype))
@@ -96,51 +96,56 @@ class DismantledBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, self.n_mods * hidden_size))
 
     def pre_attention(self, x, c):
-        """Mirrors DismantledBlock.pre_attention: q, k, v of the modulated x, and what post_attention needs."""
-        if self.pre_only:
-            shift_msa, scale_msa = self.adaLN_modulation(c).chunk(2, dim=1)
-            return self.attn.pre_attention(modulate(self.norm1(x), shift_msa, scale_msa)), None
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        qkv = self.attn.pre_attention(modulate(self.norm1(x), shift_msa, scale_msa))
-        return qkv, (x, gate_msa, shift_mlp, scale_mlp, gate_mlp)
+        """Mirrors DismantledBlock.pre_attention: q, k, v of the modulated x, and what post_attention needs (the
+        modulations, in order: shift and scale of the attention's input, its gate, the MLP's shift, scale, gate)."""
+        mods = self.adaLN_modulation(c).chunk(self.n_mods, dim=1)
+        qkv = self.attn.pre_attention(modulate(self.norm1(x), mods[0], mods[1]))
+        return (qkv, None) if self.pre_only else (qkv, (x, *mods[2:6]))
 
-    def post_attention(self, attn, x, gate_msa, shift_mlp, scale_mlp, gate_mlp):
+    def _mlp_residual(self, x, shift, scale, gate):
+        return x + gate[:, None] * self.mlp(modulate(self.norm2(x), shift, scale))
+
+    def post_attention(self, attn, x, gate, mlp_shift, mlp_scale, mlp_gate):
         """Mirrors DismantledBlock.post_attention: gated residual, then the modulated MLP."""
-        x = x + gate_msa.unsqueeze(1) * self.attn.post_attention(attn)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return self._mlp_residual(x + gate[:, None] * self.attn.post_attention(attn), mlp_shift, mlp_scale, mlp_gate)
 
     def pre_attention_x(self, x, c):
-        """Mirrors DismantledBlock.pre_attention_x: both attentions' q, k, v from one norm of x."""
-        (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, shift_msa2, scale_msa2,
-         gate_msa2) = self.adaLN_modulation(c).chunk(9, dim=1)
-        x_norm = self.norm1(x)
-        qkv = self.attn.pre_attention(modulate(x_norm, shift_msa, scale_msa))
-        qkv2 = self.attn2.pre_attention(modulate(x_norm, shift_msa2, scale_msa2))
-        return qkv, qkv2, (x, gate_msa, shift_mlp, scale_mlp, gate_mlp, gate_msa2)
+        """Mirrors DismantledBlock.pre_attention_x: both attentions' q, k, v from one norm of x (attn2's shift,
+        scale and gate are the last three modulations)."""
+        mods = self.adaLN_modulation(c).chunk(self.n_mods, dim=1)
+        normed = self.norm1(x)
+        first = self.attn.pre_attention(modulate(normed, mods[0], mods[1]))
+        second = self.attn2.pre_attention(modulate(normed, mods[6], mods[7]))
+        return first, second, (x, *mods[2:6], mods[8])
 
-    def post_attention_x(self, attn, attn2, x, gate_msa, shift_mlp, scale_mlp, gate_mlp, gate_msa2):
+    def post_attention_x(self, attn, attn2, x, gate, mlp_shift, mlp_scale, mlp_gate, gate2):
         """Mirrors DismantledBlock.post_attention_x: both attentions' gated residuals, then the MLP."""
-        x = x + gate_msa.unsqueeze(1) * self.attn.post_attention(attn)
-        x = x + gate_msa2.unsqueeze(1) * self.attn2.post_attention(attn2)
-        return x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = x + gate[:, None] * self.attn.post_attention(attn) + gate2[:, None] * self.attn2.post_attention(attn2)
+        return self._mlp_residual(x, mlp_shift, mlp_scale, mlp_gate)
+
+
+def mix(context, x, context_block, x_block, c, attend):
+    """One joint block: `attend(q, k, v, heads)` over [context, x] with the x block's heads, then, in an
+    x_block_self_attn block, over x alone with attn2's projections. Both hosts' block_mixing are this, each with
+    the `attention` of its own module (the name ToDo replaces)."""
+    context_qkv, context_rest = context_block.pre_attention(context, c)
+    if x_block.x_block_self_attn:
+        x_qkv, x_qkv2, x_rest = x_block.pre_attention_x(x, c)
+    else:
+        (x_qkv, x_rest), x_qkv2 = x_block.pre_attention(x, c), None
+    joint = attend(*(torch.cat(pair, dim=1) for pair in zip(context_qkv, x_qkv, strict=True)),
+                   x_block.attn.num_heads)
+    split = context_qkv[0].shape[1]
+    context = None if context_block.pre_only else context_block.post_attention(joint[:, :split], *context_rest)
+    if x_qkv2 is None:
+        return context, x_block.post_attention(joint[:, split:], *x_rest)
+    image_only = attend(*x_qkv2, x_block.attn2.num_heads)
+    return context, x_block.post_attention_x(joint[:, split:], image_only, *x_rest)
 
 
 def block_mixing(context, x, context_block, x_block, c):
-    """Mirrors mmditx.py block_mixing: one attention over [context, x] with the x block's heads; in an
-    x_block_self_attn block, then `attention(q2, k2, v2, heads)` over x alone."""
-    context_qkv, context_intermediates = context_block.pre_attention(context, c)
-    if x_block.x_block_self_attn:
-        x_qkv, x_qkv2, x_intermediates = x_block.pre_attention_x(x, c)
-    else:
-        x_qkv, x_intermediates = x_block.pre_attention(x, c)
-    q, k, v = (torch.cat((context_qkv[i], x_qkv[i]), dim=1) for i in range(3))
-    attn = attention(q, k, v, x_block.attn.num_heads)
-    context_attn, x_attn = attn[:, :context_qkv[0].shape[1]], attn[:, context_qkv[0].shape[1]:]
-    context = None if context_block.pre_only else context_block.post_attention(context_attn, *context_intermediates)
-    if x_block.x_block_self_attn:
-        attn2 = attention(*x_qkv2, x_block.attn2.num_heads)
-        return context, x_block.post_attention_x(x_attn, attn2, *x_intermediates)
-    return context, x_block.post_attention(x_attn, *x_intermediates)
+    """Mirrors mmditx.py block_mixing, calling this module's `attention`."""
+    return mix(context, x, context_block, x_block, c, attention)
 
 
 class JointBlock(nn.Module):
@@ -151,8 +156,8 @@ class JointBlock(nn.Module):
         self.context_block = DismantledBlock(hidden_size, num_heads, pre_only=pre_only)
         self.x_block = DismantledBlock(hidden_size, num_heads, x_block_self_attn=x_block_self_attn)
 
-    def forward(self, *args, **kwargs):
-        return block_mixing(*args, context_block=self.context_block, x_block=self.x_block, **kwargs)
+    def forward(self, context, x, c):
+        return block_mixing(context, x, self.context_block, self.x_block, c)
 
 
 class FinalLayer(nn.Module):
@@ -160,13 +165,12 @@ class FinalLayer(nn.Module):
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
         super().__init__()
-        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.norm_final = nn.LayerNorm(hidden_size, 1e-6, False)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
     def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulate(self.norm_final(x), *self.adaLN_modulation(c).chunk(2, dim=1)))
 
 
 class MMDiTX(nn.Module):
@@ -179,8 +183,7 @@ class MMDiTX(nn.Module):
                  pos_embed_max_size=16, x_block_self_attn_layers=()):
         super().__init__()
         hidden_size = 64 * depth
-        self.out_channels = in_channels
-        self.pos_embed_max_size = pos_embed_max_size
+        self.out_channels, self.pos_side = in_channels, pos_embed_max_size
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = nn.Sequential(nn.Linear(adm_in_channels, hidden_size), nn.SiLU(),
@@ -199,8 +202,8 @@ class MMDiTX(nn.Module):
         """Mirrors MMDiTX.cropped_pos_embed: the centre (height // p, width // p) of the position grid."""
         patch = self.x_embedder.patch_size[0]
         rows, cols = hw[0] // patch, hw[1] // patch
-        top, left = (self.pos_embed_max_size - rows) // 2, (self.pos_embed_max_size - cols) // 2
-        grid = self.pos_embed.view(1, self.pos_embed_max_size, self.pos_embed_max_size, -1)
+        top, left = (self.pos_side - rows) // 2, (self.pos_side - cols) // 2
+        grid = self.pos_embed.view(1, self.pos_side, self.pos_side, -1)
         return grid[:, top:top + rows, left:left + cols].reshape(1, rows * cols, -1)
 
     def unpatchify(self, x, hw):
@@ -211,17 +214,16 @@ class MMDiTX(nn.Module):
         return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], self.out_channels, rows * patch, cols * patch)
 
     def forward(self, x, t, y=None, context=None, control=None, transformer_options={}, **kwargs):  # noqa: B006
-        skip_layers = transformer_options.get("skip_layers", [])
+        skipped = set(transformer_options.get("skip_layers", ()))
         hw = x.shape[-2:]
         x = self.x_embedder(x) + self.cropped_pos_embed(hw).to(x)
         c = self.t_embedder(t, dtype=x.dtype)
         if y is not None:
             c = c + self.y_embedder(y)
-        context = self.context_embedder(context)
+        text = self.context_embedder(context)
         if self.register_length:
-            context = torch.cat((self.register.expand(x.shape[0], -1, -1), context), dim=1)
-        for i, block in enumerate(self.joint_blocks):
-            if i in skip_layers:
-                continue
-            context, x = block(context, x, c=c)
+            text = torch.cat((self.register.expand(x.shape[0], -1, -1), text), dim=1)
+        for index, block in enumerate(self.joint_blocks):
+            if index not in skipped:
+                text, x = block(text, x, c=c)
         return self.unpatchify(self.final_layer(x, c), hw)

@@ -87,12 +87,13 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
-        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+        for name, (inputs, outputs) in {"w1": (dim, hidden_dim), "w2": (hidden_dim, dim),
+                                        "w3": (dim, hidden_dim)}.items():
+            setattr(self, name, nn.Linear(inputs, outputs, bias=False))
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gated = F.silu(self.w1(x)) * self.w3(x)
+        return self.w2(gated)
 
 
 class JointTransformerBlock(nn.Module):

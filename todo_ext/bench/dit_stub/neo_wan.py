@@ -103,10 +103,13 @@ class WanModel(nn.Module):
         self.patch_size = patch_size
         self.text_len = text_len
         self.in_dim, self.dim, self.freq_dim, self.out_dim = in_dim, dim, freq_dim, out_dim
-        self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=patch_size, stride=patch_size)
-        self.text_embedding = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
-        self.time_embedding = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim * 6))
+        def two_layers(inputs, activation):
+            return nn.Sequential(nn.Linear(inputs, dim), activation, nn.Linear(dim, dim))
+
+        self.patch_embedding = nn.Conv3d(in_dim, dim, patch_size, patch_size)
+        self.text_embedding = two_layers(text_dim, nn.GELU(approximate="tanh"))
+        self.time_embedding = two_layers(freq_dim, nn.SiLU())
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
         self.blocks = nn.ModuleList(self.attention_block(dim, ffn_dim, num_heads, qk_norm, cross_attn_norm, eps)
                                     for _ in range(num_layers))
         self.head = Head(dim, out_dim, patch_size, eps)

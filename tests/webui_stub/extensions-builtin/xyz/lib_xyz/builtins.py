@@ -12,7 +12,5 @@ def format_nothing(p, opt, x):
     return ""
 
 
-builtin_options = [
-    AxisOption("Nothing", str, do_nothing, format_value=format_nothing),
-]
+builtin_options = [AxisOption("Nothing", str, do_nothing, format_value=format_nothing)]
 """Mirrors lib_xyz/builtins.py builtin_options."""

@@ -13,11 +13,5 @@ class AxisOption:
 
     def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0, choices=None,
                  prepare=None):
-        self.label = label
-        self.type = type
-        self.apply = apply
-        self.format_value = format_value
-        self.confirm = confirm
-        self.cost = cost
-        self.prepare = prepare
-        self.choices = choices
+        self.__dict__.update(label=label, type=type, apply=apply, format_value=format_value, confirm=confirm,
+                             cost=cost, prepare=prepare, choices=choices)
