@@ -35,7 +35,9 @@ def sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=None, retur
     if tensor_layout == "NHD":
         q, k, v = (tensor.transpose(1, 2) for tensor in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=sm_scale)
-    return out.transpose(1, 2) if tensor_layout == "NHD" else out
+    if tensor_layout == "NHD":
+        out = out.transpose(1, 2)
+    return out
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):

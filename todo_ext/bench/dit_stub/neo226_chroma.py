@@ -35,7 +35,7 @@ class IntegratedChromaTransformer2DModel(nn.Module):
     def forward(self, x, timestep, context, guidance=None, control=None, transformer_options={}, **kwargs):  # noqa: B006
         batch, _, height, width = x.shape
         patch = self.patch_size
-        x = pad_to_patch_size(x, (patch, patch))
+        x = pad_to_patch_size(x, (patch,) * 2)
         rows, cols = x.shape[-2] // patch, x.shape[-1] // patch
         img = x.view(batch, -1, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5).reshape(batch, rows * cols, -1)
         img_ids = torch.zeros(rows, cols, 3, device=x.device)

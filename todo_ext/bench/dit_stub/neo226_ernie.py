@@ -61,7 +61,7 @@ class ErnieImageModel(nn.Module):
         self.adaLN_modulation = nn.Linear(hidden_size, 6 * hidden_size)
         self.layers = nn.ModuleList(ErnieImageSharedAdaLNBlock(hidden_size, num_attention_heads)
                                     for _ in range(num_layers))
-        self.final_linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.final_linear = nn.Linear(hidden_size, out_channels * patch_size**2)
 
     def forward(self, x, timesteps, context, **kwargs):
         batch, _, height, width = x.shape
@@ -81,7 +81,7 @@ class ErnieImageModel(nn.Module):
         c = self.time_embedding(timestep_embedding(timesteps, 32).to(x.dtype))
         temb = [t.unsqueeze(1) for t in self.adaLN_modulation(c).chunk(6, dim=-1)]
         for layer in self.layers:
-            hidden_states = layer(hidden_states, rotary_pos_emb, temb)
+            hidden_states = layer(hidden_states, rotary_pos_emb, temb=temb)
         patches = self.final_linear(hidden_states)[:, :rows * cols]
         out = patches.view(batch, rows, cols, patch, patch, self.out_channels).permute(0, 5, 1, 3, 2, 4)
         return out.reshape(batch, self.out_channels, rows * patch, cols * patch)

@@ -30,8 +30,8 @@ class DoubleStreamBlock(neo_flux.DoubleStreamBlock):
 
     def forward(self, img, txt, vec, pe, attn_mask=None, transformer_options={}):  # noqa: B006
         (q, k, v), img_mod, txt_mod = self.joint_qkv(img, txt, vec)
-        attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=transformer_options)
-        return self.streams_after(attn, img, txt, img_mod, txt_mod)
+        attended = attention(q, k, v, pe, attn_mask, transformer_options)
+        return self.streams_after(attended, img, txt, img_mod, txt_mod)
 
 
 class SingleStreamBlock(neo_flux.SingleStreamBlock):
@@ -39,8 +39,8 @@ class SingleStreamBlock(neo_flux.SingleStreamBlock):
 
     def forward(self, x, vec, pe, attn_mask=None, transformer_options={}):  # noqa: B006
         (q, k, v), mlp, gate = self.joint_qkv(x, vec)
-        attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=transformer_options)
-        return self.stream_after(attn, x, mlp, gate)
+        attended = attention(q, k, v, pe, attn_mask, transformer_options)
+        return self.stream_after(attended, x, mlp, gate)
 
 
 class IntegratedFluxTransformer2DModel(neo_flux.IntegratedFluxTransformer2DModel):
@@ -56,14 +56,14 @@ class IntegratedFluxTransformer2DModel(neo_flux.IntegratedFluxTransformer2DModel
 
     def __init__(self, *args, default_ref_method="offset", **kwargs):
         super().__init__(*args, **kwargs)
-        self.default_ref_method = default_ref_method
+        self.default_ref_method = str(default_ref_method)
 
     def process_img(self, x, index=0, h_offset=0, w_offset=0):
         """Mirrors IntegratedFluxTransformer2DModel.process_img: tokens of (channels * patch * patch) and their
         RoPE ids (index, row + offset, column + offset), the offsets in latent pixels."""
         patch = self.patch_size
         batch, channels = x.shape[:2]
-        x = pad_to_patch_size(x, (patch, patch))
+        x = pad_to_patch_size(x, (patch,) * 2)
         rows, cols = x.shape[-2] // patch, x.shape[-1] // patch
         tokens = x.view(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
         ids = torch.zeros(rows, cols, 3, dtype=torch.float32, device=x.device)
@@ -85,7 +85,7 @@ class IntegratedFluxTransformer2DModel(neo_flux.IntegratedFluxTransformer2DModel
         img = torch.cat((txt, img), dim=1)
         for index, block in enumerate(self.single_blocks):
             transformer_options["block_index"] = index
-            img = block(img, vec=vec, pe=pe, attn_mask=attn_mask, transformer_options=transformer_options)
+            img = block(img, vec, pe, attn_mask, transformer_options)
         return self.final_layer(img[:, txt.shape[1]:], vec)
 
     def forward(self, x, timestep, context, y=None, guidance=None, ref_latents=None, control=None,

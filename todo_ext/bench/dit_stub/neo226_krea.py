@@ -52,7 +52,7 @@ class TextFusionBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.SiLU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x, mask=None, transformer_options={}):  # noqa: B006
-        x = x + self.attn(self.prenorm(x), mask=mask, transformer_options=transformer_options)
+        x = x + self.attn(self.prenorm(x), None, mask, transformer_options)
         return x + self.mlp(self.postnorm(x))
 
 
@@ -73,7 +73,7 @@ class TextFusionTransformer(nn.Module):
             x = block(x, transformer_options=transformer_options)
         x = self.projector(x.reshape(batch, tokens, layers, dim).transpose(2, 3)).squeeze(-1)
         for block in self.refiner_blocks:
-            x = block(x, mask=mask, transformer_options=transformer_options)
+            x = block(x, mask, transformer_options)
         return x
 
 
@@ -133,7 +133,7 @@ class SingleStreamDiT(nn.Module):
 
     def _patchify(self, x):
         patch = self.patch
-        x = pad_to_patch_size(x, (patch, patch))
+        x = pad_to_patch_size(x, (patch,) * 2)
         batch, channels, height, width = x.shape
         rows, cols = height // patch, width // patch
         tokens = x.view(batch, channels, rows, patch, cols, patch).permute(0, 2, 4, 1, 3, 5)
@@ -158,7 +158,7 @@ class SingleStreamDiT(nn.Module):
         context = context.reshape(*context.shape[:2], self.txtlayers, self.txtdim)
         context = self.txtmlp(self.txtfusion(context, transformer_options=transformer_options))
         text = context.shape[1]
-        combined = torch.cat((context, img), dim=1)
+        combined = torch.cat([context, img], 1)
         pos = torch.cat((torch.zeros(1, text, 3), img_ids, *ref_ids), dim=1).expand(batch, -1, -1)
         freqs = self.pe_embedder(pos)
         if refs:

@@ -12,7 +12,8 @@ from .neo_flux import _apply_rope
 
 def attention(*args, **kwargs):
     """Mirrors wan.py attention."""
-    return attention_function(*args, **kwargs)
+    function = attention_function
+    return function(*args, **kwargs)
 
 
 class WanSelfAttention(neo_wan.WanSelfAttention):
@@ -49,7 +50,8 @@ class WanAttentionBlock(neo_wan.WanAttentionBlock):
     def forward(self, x, e, freqs, context, context_img_len=257, transformer_options={}):  # noqa: B006
         e = (self.modulation.to(x) + e).chunk(6, dim=1)
         x = x + self.self_attn(self.norm1(x) * (1 + e[1]) + e[0], freqs, transformer_options=transformer_options) * e[2]
-        x = x + self.cross_attn(self.norm3(x), context, context_img_len=context_img_len)
+        cross = self.cross_attn(self.norm3(x), context, context_img_len=context_img_len)
+        x = x + cross
         return x + self.ffn(self.norm2(x) * (1 + e[4]) + e[3]) * e[5]
 
 
@@ -65,7 +67,7 @@ class WanModel(neo_wan.WanModel):
         e = self.time_embedding(neo_wan.sinusoidal_embedding_1d(self.freq_dim, t.flatten()).to(x.dtype))
         e0 = self.time_projection(e).unflatten(1, (6, self.dim))
         context = self.text_embedding(context)
-        transformer_options["total_blocks"] = len(self.blocks)
+        transformer_options.update(total_blocks=len(self.blocks))
         for index, block in enumerate(self.blocks):
             transformer_options["block_index"] = index
             x = block(x, e=e0, freqs=freqs, context=context, context_img_len=None,

@@ -93,7 +93,7 @@ def attention_sage(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=
     if (not IS_SAGE_1 and dim_head > 128) or (IS_SAGE_1 and dim_head not in (64, 96, 128)):
         if layout == "NHD":
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        return attention_pytorch(q, k, v, heads, mask=mask, skip_reshape=True, skip_output_reshape=skip_output_reshape)
+        return attention_pytorch(q, k, v, heads, mask, skip_reshape=True, skip_output_reshape=skip_output_reshape)
     out = kernels.sageattn(q, k, v, attn_mask=mask, is_causal=False, tensor_layout=layout)
     if layout == "HND":
         return out if skip_output_reshape else out.transpose(1, 2).reshape(batch, -1, heads * dim_head)
