@@ -6,6 +6,12 @@ docstrings say what each host reads and what they set up or patch beside the che
 Set WEBUI_URL as for test_webui_e2e.py. The DiT checkpoints are the host's models whose names contain chroma, flux,
 zimage, qwen, wan or sd3, or those WEBUI_DIT_MODELS names (comma-separated); each request selects its model with
 `override_settings`. Skipped without a host or without a DiT checkpoint.
+
+Forge Neo 2.26 loads the text encoders of its DiTs from separate files ("VAE / Text Encoder"; make_random_neo_dit.py
+writes them): WEBUI_DIT_MODULES names them per checkpoint, `model=file[+file],...` (e.g.
+`flux-dev-random=t5xxl-random.safetensors,zimage-random=qwen3-4b-random.safetensors`). When it is set, every request
+selects its model's files through `override_settings["forge_additional_modules"]` (none for a model it does not
+name, such as the U-Net checkpoint).
 """
 
 import json
@@ -40,12 +46,28 @@ def dit_models():
     return [model["model_name"] for model in models if DIT_NAMES.search(model["model_name"])] if status == 200 else []
 
 
+def dit_modules():
+    entries = [entry.split("=", 1) for entry in os.environ.get("WEBUI_DIT_MODULES", "").split(",") if "=" in entry]
+    return {model: [name for name in files.split("+") if name] for model, files in entries}
+
+
+MODULES = dit_modules()
+
+
+def model_settings(model):
+    """The override_settings that select `model`, with its text encoders where WEBUI_DIT_MODULES names them."""
+    settings = {"sd_model_checkpoint": model}
+    if MODULES:
+        settings["forge_additional_modules"] = MODULES.get(model, [])
+    return settings
+
+
 MODELS = dit_models()
 needs_dit = pytest.mark.skipif(not MODELS, reason="the host lists no DiT checkpoint")
 
 
 def generate(model, todo_args=None, route="txt2img", **overrides):
-    payload = {**BASE, **overrides, "override_settings": {"sd_model_checkpoint": model}}
+    payload = {**BASE, **overrides, "override_settings": model_settings(model)}
     if todo_args is not None:
         payload["alwayson_scripts"] = {"ToDo": {"args": todo_args}}
     status, body = call(f"/sdapi/v1/{route}", payload, timeout=1800)
@@ -113,7 +135,7 @@ def test_hires_fix_with_its_own_ratio_on_a_dit():
 
 @needs_dit
 def test_invalid_args_are_rejected_on_a_dit_too():
-    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": MODELS[0]},
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": model_settings(MODELS[0]),
                                               "alwayson_scripts": {"ToDo": {"args": [True, 2.0]}}})
     assert status == 422 and body["field"] == "ratio"
 
@@ -161,7 +183,7 @@ def test_the_step_window_on_a_flow_schedule_leaves_the_first_step_exact():
 def test_xyz_ratio_axis_on_a_dit():
     _, scripts = call("/sdapi/v1/script-info")
     xyz = next(script for script in scripts if script["name"] == "x/y/z plot" and not script["is_img2img"])
-    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": MODELS[0]},
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": model_settings(MODELS[0]),
                                                "script_name": "x/y/z plot",
                                                "script_args": xyz_ratio_axis(xyz, "0.75, 0.9375"),
                                                "alwayson_scripts": {"ToDo": {"args": [EVERY_BLOCK]}}},
