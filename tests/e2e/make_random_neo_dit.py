@@ -3,7 +3,7 @@ exo101/sd-webui-forge-neo-v3 5692d2d1, folder webui/), for tests/e2e/test_dit_e2
 used as its users have it (nothing of it is patched or copied).
 
 usage: <host venv>/bin/python make_random_neo_dit.py CKPT_DIR TEXT_ENCODER_DIR
-           [--families flux,chroma,zimage,klein,krea2] [--depth 1] [--single 1] [--te-dtype fp8|bf16]
+           [--families flux,chroma,zimage,klein,krea2[,anima]] [--depth 1] [--single 1] [--te-dtype fp8|bf16]
            [--seed 0] [--force]
 CKPT_DIR is the folder of the host's checkpoints (its models/Stable-diffusion), TEXT_ENCODER_DIR the folder of its
 separate text encoders (models/text_encoder, listed under "VAE / Text Encoder"). Standard library, torch and
@@ -39,12 +39,17 @@ CKPT_DIR:
   krea2-random.safetensors         Krea 2: 12 heads of 128 (1536 wide; 3 key/value heads), 2 blocks (--depth + 1),
                                    its text fusion at Qwen3-VL's 2560 over 12 layers, the 2-D Qwen-Image VAE
                                    (post_quant_conv present). Needs qwen3-vl-4b-random.safetensors.
+  anima-random.safetensors         Anima (only with --families ...,anima): the full 28 blocks of 2048 that 2.26
+                                   fixes (2.1 B parameters, 4.2 GB), its LLM adapter (llm_adapter.*, which the host
+                                   moves to the text encoder), the 2-D Qwen-Image VAE.
+                                   Needs qwen3-0.6b-random.safetensors.
 TEXT_ENCODER_DIR (full size):
   t5xxl-random.safetensors         T5-XXL encoder (24 blocks of 4096, 4.76 B parameters), as its own checkpoints
                                    name it (encoder.*, shared.weight).
   qwen3-4b-random.safetensors      Qwen3-4B (36 layers of 2560, 4.02 B), model.*.
   qwen3-vl-4b-random.safetensors   Qwen3-VL 4B: the same language model under model.language_model.* and its
                                    vision tower under model.visual.* (which the host recognises the file by).
+  qwen3-0.6b-random.safetensors    Qwen3-0.6B (28 layers of 1024), model.*, for Anima.
 Each file records what it holds in its metadata; a rerun keeps a file whose metadata matches (--force rewrites).
 """
 
@@ -59,13 +64,16 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import random_weights as rw
 
-FAMILIES = ("flux", "chroma", "zimage", "klein", "krea2")
+FAMILIES = ("flux", "chroma", "zimage", "klein", "krea2", "anima")
+DEFAULT_FAMILIES = FAMILIES[:-1]
 CHECKPOINTS = {"flux": "flux-dev-random.safetensors", "chroma": "chroma-random.safetensors",
                "zimage": "zimage-random.safetensors", "klein": "flux2-klein-4b-random.safetensors",
-               "krea2": "krea2-random.safetensors"}
+               "krea2": "krea2-random.safetensors",
+               "anima": "anima-random.safetensors"}
 TEXT_ENCODERS = {"t5xxl": "t5xxl-random.safetensors", "qwen3_4b": "qwen3-4b-random.safetensors",
-                 "qwen3_vl_4b": "qwen3-vl-4b-random.safetensors"}
-NEEDS = {"flux": "t5xxl", "chroma": "t5xxl", "zimage": "qwen3_4b", "klein": "qwen3_4b", "krea2": "qwen3_vl_4b"}
+                 "qwen3_vl_4b": "qwen3-vl-4b-random.safetensors", "qwen3_06b": "qwen3-0.6b-random.safetensors"}
+NEEDS = {"flux": "t5xxl", "chroma": "t5xxl", "zimage": "qwen3_4b", "klein": "qwen3_4b", "krea2": "qwen3_vl_4b",
+         "anima": "qwen3_06b"}
 VERSION = "1"
 TE_DTYPES = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
 
@@ -85,6 +93,8 @@ def _checkpoint(family: str, depth: int, single: int) -> rw.Shapes:
     if family == "krea2":
         return {**rw.prefixed(unet, rw.krea2(depth + 1, heads=12, kv_heads=3)),
                 **rw.prefixed("vae.", rw.qwen_image_vae_2d())}
+    if family == "anima":
+        return {**rw.prefixed(unet, rw.anima()), **rw.prefixed("vae.", rw.qwen_image_vae_2d())}
     raise ValueError(family)
 
 
@@ -96,12 +106,15 @@ def _text_encoder(name: str) -> rw.Shapes:
         return rw.qwen3()
     if name == "qwen3_vl_4b":
         return {**rw.qwen3(prefix="model.language_model."), **rw.qwen3_vl_vision()}
+    if name == "qwen3_06b":
+        return rw.qwen3(28, 1024, 16, 8, 3072)
     raise ValueError(name)
 
 
 # Norm weights random_tensor cannot tell by name: Z-Image's caption RMSNorm (cap_embedder.0) is 1; Krea 2's RMS
-# norms keep `scale`, added to 1 in the forward pass, so 0 gives the unit norm torch would start from.
-FILLS = {"zimage": rw.fill_with_overrides(ones=("cap_embedder.0.weight",)),
+# norms keep `scale`, added to 1 in the forward pass, so 0 gives the unit norm torch would start from; the Flux.2
+# VAE's batch-norm statistics are mean 0, variance 1.
+FILLS = {"zimage": rw.fill_with_overrides(ones=("cap_embedder.0.weight",)), "klein": rw.fill_with_overrides(),
          "krea2": rw.fill_with_overrides(zeros=(".scale",))}
 
 
@@ -109,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint_dir")
     parser.add_argument("text_encoder_dir")
-    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES))
     parser.add_argument("--depth", type=int, default=1, help="double blocks (Flux family), main layers (Z-Image)")
     parser.add_argument("--single", type=int, default=1, help="single blocks (Flux family)")
     parser.add_argument("--te-dtype", choices=sorted(TE_DTYPES), default="fp8")

@@ -474,6 +474,61 @@ def qwen_image_vae_2d(base: int = 96, latent_channels: int = 16, multipliers: tu
     return table
 
 
+def anima(blocks: int = 28, width: int = 2048, heads: int = 16, context: int = 1024, lora: int = 256,
+          channels: int = 16, patch: int = 2) -> Shapes:
+    """Anima's Cosmos-style DiT at the size the hosts fix (28 blocks of 2048, 16 heads of 128; 2.1 B parameters):
+    per block an image-only self-attention, a cross-attention to the 1024-wide text, a GELU MLP, each with an
+    adaLN-LoRA modulation (width -> 256 -> 3 x width); the patch embedder takes the latent plus a padding-mask
+    channel. No biases. Then its LLM adapter (6 blocks of 1024 from Qwen3-0.6B's hidden states to the T5 vocabulary's
+    embedding), which the hosts move into the text encoder."""
+    head = width // heads
+    table: Shapes = {}
+    _linear(table, "x_embedder.proj.1", width, (channels + 1) * patch * patch, bias=False)
+    _linear(table, "t_embedder.1.linear_1", width, width, bias=False)
+    _linear(table, "t_embedder.1.linear_2", 3 * width, width, bias=False)
+    _norm(table, "t_embedding_norm", width, bias=False)
+
+    def attention(name: str, keys_from: int) -> None:
+        _linear(table, f"{name}.q_proj", width, width, bias=False)
+        _norm(table, f"{name}.q_norm", head, bias=False)
+        _linear(table, f"{name}.k_proj", width, keys_from, bias=False)
+        _norm(table, f"{name}.k_norm", head, bias=False)
+        _linear(table, f"{name}.v_proj", width, keys_from, bias=False)
+        _linear(table, f"{name}.output_proj", width, width, bias=False)
+
+    def modulation(name: str, chunks: int) -> None:
+        _linear(table, f"{name}.1", lora, width, bias=False)
+        _linear(table, f"{name}.2", chunks * width, lora, bias=False)
+
+    for index in range(blocks):
+        block = f"blocks.{index}"
+        attention(f"{block}.self_attn", width)
+        attention(f"{block}.cross_attn", context)
+        _linear(table, f"{block}.mlp.layer1", 4 * width, width, bias=False)
+        _linear(table, f"{block}.mlp.layer2", width, 4 * width, bias=False)
+        for part in ("self_attn", "cross_attn", "mlp"):
+            modulation(f"{block}.adaln_modulation_{part}", 3)
+    _linear(table, "final_layer.linear", patch * patch * channels, width, bias=False)
+    modulation("final_layer.adaln_modulation", 2)
+
+    adapter, model_width, adapter_head = "llm_adapter", 1024, 64
+    table[f"{adapter}.embed.weight"] = (32128, model_width)
+    for index in range(6):
+        block = f"{adapter}.blocks.{index}"
+        for part in ("self_attn", "cross_attn"):
+            _norm(table, f"{block}.norm_{part}", model_width, bias=False)
+            for projection in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                _linear(table, f"{block}.{part}.{projection}", model_width, model_width, bias=False)
+            _norm(table, f"{block}.{part}.q_norm", adapter_head, bias=False)
+            _norm(table, f"{block}.{part}.k_norm", adapter_head, bias=False)
+        _norm(table, f"{block}.norm_mlp", model_width, bias=False)
+        _linear(table, f"{block}.mlp.0", 4 * model_width, model_width)
+        _linear(table, f"{block}.mlp.2", model_width, 4 * model_width)
+    _linear(table, f"{adapter}.out_proj", model_width, model_width)
+    _norm(table, f"{adapter}.norm", model_width, bias=False)
+    return table
+
+
 def vae_approx(latent_channels: int = 16) -> Shapes:
     """modules/sd_vae_approx.py's VAEApprox (the "Approx NN" live preview; A1111 and Forge download
     vaeapprox-sd3.pt on SD3's first generation with live previews on, which an offline host cannot)."""
