@@ -6,6 +6,12 @@ Set WEBUI_URL as for test_webui_e2e.py. Which listed checkpoint is a DiT, and of
 is loaded once by a one-step 64 px job, then ToDo's own route GET /todo/v1/layout reports the loaded model's layout
 (WEBUI_DIT_MODELS, comma-separated checkpoint titles, limits the probe to those). Each request selects its model with
 `override_settings`. A family the host runs but lists no checkpoint of is skipped with the reason.
+
+Forge Neo 2.26 loads the text encoders of its DiTs from separate files ("VAE / Text Encoder"; make_random_neo_dit.py
+writes them): WEBUI_DIT_MODULES names them per checkpoint, `model=file[+file],...` (e.g.
+`flux-dev-random=t5xxl-random.safetensors,zimage-random=qwen3-4b-random.safetensors`). When it is set, every request
+selects its model's files through `override_settings["forge_additional_modules"]` (none for a model it does not
+name, such as the U-Net checkpoint).
 """
 
 import json
@@ -34,13 +40,36 @@ IMAGE_PART = re.compile(r"img (?P<grid>\d+x\d+)->(?P<kv>\d+x\d+) \((?P<factor>[\
                         r"(?: kept)? in (?P<calls>\d+) calls?")
 FLUX_FAMILY = ("Flux", "Chroma")
 HOST_FAMILIES = {"a1111": ("SD3",), "forge": ("Flux", "Chroma", "SD3"),
-                 "neo": ("Flux", "Chroma", "Lumina 2 / Z-Image", "Qwen-Image", "Wan")}
-"""The DiT families ToDo acts on per host (README, Hosts); reForge and Classic run none."""
+                 "neo": ("Flux", "Chroma", "Lumina 2 / Z-Image", "Qwen-Image", "Wan", "Krea 2", "Anima", "Ernie-Image")}
+"""The DiT families ToDo acts on per host (README, Hosts; Krea 2, Anima and Ernie-Image from Neo 2.26 on); reForge
+and Classic run none."""
 FORGE_FLUX_DEPTH = ("WebUI Forge fixes Flux's and Chroma's depth at 19 double and 38 single blocks in its detection"
                     " (huggingface_guess) and builds what it detects: a random checkpoint at that depth (12 B"
                     " parameters) does not fit a CPU test machine. tests/test_dit.py runs ToDo on the stand-ins of"
                     " Forge's flux.py (case flux-forge) and of Chroma (case chroma)")
-NO_LIVE_FIXTURE = {("forge", "Flux"): FORGE_FLUX_DEPTH, ("forge", "Chroma"): FORGE_FLUX_DEPTH}
+NEO_ERNIE_SIZE = ("Forge Neo 2.26 builds Ernie-Image at the 36 layers of 4096 its config fixes (about 8 B parameters,"
+                  " 16 GB in bf16) whatever the checkpoint holds: no random fixture fits a CPU test machine beside its"
+                  " text encoder. tests/test_dit.py runs ToDo on the stand-in of 2.26's ernie.py (case ernie)")
+NO_LIVE_FIXTURE = {("forge", "Flux"): FORGE_FLUX_DEPTH, ("forge", "Chroma"): FORGE_FLUX_DEPTH,
+                   ("neo", "Ernie-Image"): NEO_ERNIE_SIZE}
+
+
+def dit_modules():
+    entries = [entry.split("=", 1) for entry in os.environ.get("WEBUI_DIT_MODULES", "").split(",") if "=" in entry]
+    return {model: [name for name in files.split("+") if name] for model, files in entries}
+
+
+MODULES = dit_modules()
+
+
+def model_settings(model):
+    """The override_settings that select `model` (a title or name the host lists), with its text encoders where
+    WEBUI_DIT_MODULES names them by the checkpoint's name (its file name without extension or hash)."""
+    settings = {"sd_model_checkpoint": model}
+    if MODULES:
+        name = os.path.splitext(model.split(" [")[0])[0]
+        settings["forge_additional_modules"] = MODULES.get(model, MODULES.get(name, []))
+    return settings
 
 
 def probe_layouts():
@@ -56,7 +85,7 @@ def probe_layouts():
     layouts = {}
     try:
         for title in named or [model["title"] for model in models]:
-            status, body = call("/sdapi/v1/txt2img", {**PROBE, "override_settings": {"sd_model_checkpoint": title},
+            status, body = call("/sdapi/v1/txt2img", {**PROBE, "override_settings": model_settings(title),
                                                       "override_settings_restore_afterwards": False}, timeout=1800)
             if status != 200:
                 layouts[title] = {"kind": "failed", "error": f"{status} {body}"}
@@ -96,7 +125,7 @@ def test_every_listed_checkpoint_loads():
 
 
 def generate(model, todo_args=None, route="txt2img", **overrides):
-    payload = {**BASE, **overrides, "override_settings": {"sd_model_checkpoint": model}}
+    payload = {**BASE, **overrides, "override_settings": model_settings(model)}
     if todo_args is not None:
         payload["alwayson_scripts"] = {"ToDo": {"args": todo_args}}
     status, body = call(f"/sdapi/v1/{route}", payload, timeout=1800)
@@ -167,7 +196,7 @@ def test_hires_fix_with_its_own_ratio_on_a_dit():
 
 @needs_dit
 def test_invalid_args_are_rejected_on_a_dit_too():
-    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": MODELS[0]},
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": model_settings(MODELS[0]),
                                               "alwayson_scripts": {"ToDo": {"args": [True, 2.0]}}})
     assert status == 422 and body["field"] == "ratio"
 
@@ -214,7 +243,7 @@ def test_the_step_window_on_a_flow_schedule_leaves_the_first_step_exact():
 def test_xyz_ratio_axis_on_a_dit():
     _, scripts = call("/sdapi/v1/script-info")
     xyz = next(script for script in scripts if script["name"] == "x/y/z plot" and not script["is_img2img"])
-    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": {"sd_model_checkpoint": MODELS[0]},
+    status, body = call("/sdapi/v1/txt2img", {**BASE, "override_settings": model_settings(MODELS[0]),
                                                "script_name": "x/y/z plot",
                                                "script_args": xyz_ratio_axis(xyz, "0.75, 0.9375"),
                                                "alwayson_scripts": {"ToDo": {"args": [EVERY_BLOCK]}}},
