@@ -37,7 +37,7 @@ def test_klein_acts_on_its_packed_latent_grid_and_keeps_its_references():
     case = klein()
     handle = todo_ext.apply(case.model, every_block(ratio=0.75))
     case.run()
-    assert handle.record.kv_text() == "img 7x10->4x5 (2x) + 8 text + 24 ref kept in 2 calls"
+    assert handle.record.kv_text() == "img 7x10->4x5 (2x) + 8 text + 24 ref kept in 2 calls; bias as mask in 2 calls"
 
 
 def test_tokens_the_input_does_not_tell_are_never_counted_as_references():
@@ -87,7 +87,7 @@ def test_an_image_first_sequence_is_never_read_text_first():
     for full, reduced in zip(above.calls, below.calls, strict=True):
         assert torch.equal(reduced.k, full.k[:, image_first]) and torch.equal(reduced.v, full.v[:, image_first])
         assert_formula(full, 0, case.grid, TEXT, method="nearest-exact")
-    assert handle.record.kv_text() == "img 7x10->4x5 (2x) + 8 text kept in 2 calls"
+    assert handle.record.kv_text() == "img 7x10->4x5 (2x) + 8 text kept in 2 calls; bias as mask in 2 calls"
 
 
 def test_anima_acts_on_its_self_attention_and_leaves_its_cross_attention_exact():
@@ -107,7 +107,8 @@ def test_anima_acts_on_its_self_attention_and_leaves_its_cross_attention_exact()
         assert torch.equal(call.out, original(call.q, call.k, call.v, *call.args, **call.kwargs))
     for call in self_calls:
         assert_formula(call, 0, (2, 4, 5), 0)
-    assert handle.record.kv_text() == f"img 2x4x5->2x2x3 (2x) in {len(self_calls)} calls"
+    calls = len(self_calls)
+    assert handle.record.kv_text() == f"img 2x4x5->2x2x3 (2x) in {calls} calls; bias as mask in {calls} calls"
 
 
 def test_chroma_of_neo226_attaches_to_flux_py_where_its_blocks_attend():
