@@ -24,7 +24,16 @@ from torch import nn
 
 from .config import MAX_DEPTH, ToDoConfig
 from .joint import JointLayout, Segment, joint_plan, proportional_bias, reduce_keys_values, reduced_grid
-from .passes import PassState, ToDoHandle, ToDoHook, UnsupportedModelError, compiling, refuse_compiled, remove_hooks
+from .passes import (
+    PassState,
+    ToDoHandle,
+    ToDoHook,
+    UnsupportedModelError,
+    compiling,
+    pass_through_traced,
+    refuse_compiled,
+    remove_hooks,
+)
 
 WRAPPER_FLAG = "is_todo_wrapper"
 
@@ -257,7 +266,9 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
     takes_mask = getattr(previous, "__name__", None) not in MASKLESS_FUNCTIONS
 
     def todo_attention(q, k, v, *args, **kwargs):
-        if state.active and state.running and not compiling():
+        if state.active and state.running and compiling():
+            pass_through_traced()
+        elif state.active and state.running:
             try:
                 reduced = _reduced_arguments(state, takes_mask, q, k, v, args, kwargs)
             except Exception:

@@ -9,8 +9,9 @@ Rows, each one U-Net call (batch 1) under torch.no_grad, timed round-robin after
 - `compiled ToDo-in-graph`: attn1 pre-hooks that do nothing but ToDo's downsampling with this size's plan (no
   record, no step window, no checks), compiled: the most that letting ToDo act inside compiled graphs could give.
 
-dynamo's guards on module hooks are switched on here, since by default (torch 2.1 to 2.13) dynamo does not guard
-module hooks and the hookless U-Net's graph would run for the hooked one. The CPU default (SD1.5 layout at 768 px, inductor) compiles two graphs, minutes each on two cores.
+dynamo's guards on module hooks are switched on here: by default (torch 2.1 to 2.13) dynamo does not guard module
+hooks, and the hookless U-Net's graph would run for the hooked one. The CPU default (SD1.5 layout at 768 px,
+inductor) compiles two graphs, minutes each on two cores.
 """
 
 from __future__ import annotations
