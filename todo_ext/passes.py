@@ -29,8 +29,8 @@ def compiling() -> bool:
     since dynamo does not guard module hooks by default and Forge Neo's Torch Compile Integrated drops every guard
     on `transformer_options`, where ToDo's attn1 patch sits; and its per-call record would not run. So under
     tracing every hook, patch and wrapper passes through, and the pass records that the model ran compiled.
-    `torch.compiler.is_compiling` exists from torch 2.3; torch 2.1 and 2.2 (A1111 v1.10.1 pins 2.1.2) tell it
-    only through `torch._dynamo.is_compiling`."""
+    Newer torch tells it through `torch.compiler.is_compiling`; torch 2.1 (A1111 v1.10.1 pins 2.1.2) has not got
+    that yet and tells it only through `torch._dynamo.is_compiling`."""
     is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
     return bool(is_compiling())
 
