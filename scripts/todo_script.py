@@ -252,7 +252,8 @@ def on_denoiser_step(params):
     if not any(attachment.attached(sd_model) for attachment in _attachments) and not attach(p, config):
         return
     for attachment in _attachments:
-        attachment.begin_step(params.sigma, params.denoiser)
+        if attachment.attached(sd_model):  # one left by a model switch would count steps its model never ran
+            attachment.begin_step(params.sigma, params.denoiser)
 
 
 _said = set()

@@ -11,6 +11,7 @@ from forge_stub import forge_host
 import todo_ext
 from todo_ext.bench.models import build_unet, sdpa_attention, unet_inputs, webui_skip_resize
 from todo_ext.hosts import forge
+from todo_ext.record import JobRecord
 
 
 @pytest.fixture(scope="module", params=["sd15", "sdxl"])
@@ -323,9 +324,11 @@ def test_deep_shrink_grids_are_read_from_the_spatial_transformers_input(wrapper_
 
 
 def test_spectrum_like_forecast_steps_run_no_patch_and_the_computed_steps_are_downsampled():
-    """Forge Neo's Spectrum (upstream extensions-builtin/sd_forge_spectrum, a U-Net function wrapper) forecasts
-    the output of some steps instead of running the U-Net: those steps reach no attn1 patch, so the record counts
-    only the computed ones, and nothing fails."""
+    """Forge Neo's Spectrum (upstream extensions-builtin/sd_forge_spectrum/lib_spectrum/forecaster.py,
+    `SpectrumNode.patch`: `spectrum_unet_wrapper`, a U-Net function wrapper) forecasts the output of some steps
+    instead of running the U-Net: those steps reach no attn1 patch, so the record counts only the computed ones,
+    nothing fails, and the steps the host began (the denoiser callback, as the glue calls it) against those in
+    which the model ran tell the note how many the host answered without it."""
     unet = build_unet("sd15", width=32)
     sd_model, handle = attached(unet, todo_ext.ToDoConfig())
     outputs = []
@@ -340,5 +343,12 @@ def test_spectrum_like_forecast_steps_run_no_patch_and_the_computed_steps_are_do
     sd_model.forge_objects.unet.model_options["model_function_wrapper"] = spectrum
     x, _, context = unet_inputs(unet, 1, 16, 16)
     for timestep in (900, 700, 500, 300):
+        handle.begin_step(forge_host.sigma_at_timestep(sd_model, timestep), None)
         assert forge_run(sd_model, x, timestep, context).shape == x.shape
     assert handle.record.calls == 2 * 5 and handle.record.downsampled == 2 * 5
+    assert (handle.record.steps, handle.record.steps_run) == (4, 2)
+    job = JobRecord()
+    job.attachments["first"].append(handle)
+    assert job.sampling_notes() == ["the host ran the model in 2 of 4 steps of the first pass (a cache such as "
+                                    "Spectrum answered the other 2 without it) and the K/V line counts the calls "
+                                    "that ran"]

@@ -63,9 +63,11 @@ def test_records_of_one_pass_kind_merge():
     first.acted(0, (8, 8), (4, 4), 2.0)
     second.acted(0, (8, 8), (4, 4), 2.0)
     second.stepped_aside("hypertile")
+    second.compiled = True
     merged = PassRecord.merged([first, second])
     assert (merged.calls, merged.outside_window, merged.downsampled) == (10, 2, 2)
     assert merged.aside == {"hypertile": 1}
+    assert merged.compiled, "one attach that ran compiled marks the pass"
 
 
 def test_a_step_window_that_could_not_be_decided_is_noted_with_its_cause():
@@ -98,3 +100,38 @@ def test_how_the_dit_bias_travelled_is_in_the_kv_line_and_where_it_was_dropped_i
     assert PassRecord.merged([first.record, hires.record]).bias == {"channel": 3, "sage-head": 3}
     with pytest.raises(ValueError, match="unknown bias mode 'other'"):
         first.record.carried_bias("other")
+
+
+def job_with(**records):
+    job = JobRecord()
+    for kind, record in records.items():
+        job.attachments[kind].append(SimpleNamespace(record=record))
+    return job
+
+
+def test_a_pass_that_ran_compiled_says_so_instead_of_never_called():
+    job = job_with(first=PassRecord(compiled=True), hires=PassRecord())
+    notes = job.sampling_notes()
+    assert notes == ["attached to the hires pass, but the host never called ToDo there; that pass ran without it",
+                     "the model ran under torch.compile in the first pass, and ToDo does not act inside compiled "
+                     "graphs: that pass ran without it"]
+    partly = job_with(first=PassRecord(calls=12, compiled=True))
+    assert partly.sampling_notes() == ["the model ran under torch.compile in the first pass, and ToDo does not act "
+                                       "inside compiled graphs: ToDo was called only in the 12 attention calls "
+                                       "that ran eagerly"]
+
+
+@pytest.mark.parametrize(("steps", "steps_run", "compiled", "said"), [
+    (20, 20, False, False),
+    (20, 11, False, True),
+    (20, 11, True, False),
+    (20, 0, False, False),
+])
+def test_steps_the_host_answered_without_the_model_are_said_only_where_they_were_seen(steps, steps_run, compiled,
+                                                                                        said):
+    """Skipped steps are said where the model ran in some steps and not others, eagerly; a pass that never ran
+    ToDo has its own note, and under torch.compile the model's calls are not seen."""
+    job = job_with(first=PassRecord(calls=steps_run, steps=steps, steps_run=steps_run, compiled=compiled))
+    note = ("the host ran the model in 11 of 20 steps of the first pass (a cache such as Spectrum answered the "
+            "other 9 without it) and the K/V line counts the calls that ran")
+    assert (note in job.sampling_notes()) is said

@@ -35,6 +35,7 @@ from .passes import (
     UnknownWindow,
     UnsupportedModelError,
     compiling,
+    pass_through_traced,
     refuse_compiled,
     remove_hooks,
 )
@@ -344,7 +345,9 @@ def _wrapper(state: _DiTState, previous: Callable) -> Callable:
 
     def todo_attention(q, k, v, *args, **kwargs):
         restore = None
-        if state.active and state.running and not todo_attention.retired and not compiling():
+        if state.active and state.running and not todo_attention.retired and compiling():
+            pass_through_traced()
+        elif state.active and state.running and not todo_attention.retired:
             try:
                 reduced = _reduced_arguments(state, backend, q, k, v, args, kwargs)
             except Exception:

@@ -26,24 +26,50 @@ class UnsupportedModelError(ValueError):
 def compiling() -> bool:
     """Whether torch.compile is tracing this code into a graph. ToDo stays out of compiled graphs: a graph that kept
     ToDo's Python decisions would freeze one job's settings (or ToDo itself, after removal) into every later call,
-    and its per-call record would not run. So under tracing every hook, patch and wrapper passes through, the graph
-    is the model's own, and the pass records no call of ToDo's, which the job's note then says."""
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling is not None and is_compiling())
+    since dynamo does not guard module hooks by default and Forge Neo's Torch Compile Integrated drops every guard
+    on `transformer_options`, where ToDo's attn1 patch sits; and its per-call record would not run. So under
+    tracing every hook, patch and wrapper passes through, and the pass records that the model ran compiled.
+    Newer torch tells it through `torch.compiler.is_compiling`; torch 2.1 (A1111 v1.10.1 pins 2.1.2) has not got
+    that yet and tells it only through `torch._dynamo.is_compiling`."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return bool(is_compiling())
 
 
 def refuse_compiled(model: nn.Module) -> None:
-    """Raise UnsupportedModelError for a model that torch.compile has compiled (`torch.compile(model)`, which marks
-    the module and returns an OptimizedModule, or `model.compile()`): its graph would never run ToDo's hooks."""
+    """Raise UnsupportedModelError for a model that torch.compile has compiled: its graph would never run ToDo's
+    hooks. torch has no public query for it; what torch sets is checked: the OptimizedModule that
+    `torch.compile(model)` returns, `_compiled_call_impl` that `model.compile()` sets (torch 2.1 on), and the
+    `_is_torch_compile` mark that newer torch (2.13 here, not 2.1) also puts on the module `torch.compile` wrapped.
+    On torch 2.1 a module whose compiled wrapper the host keeps elsewhere is not recognised; its traced hooks pass
+    through (`compiling`) and the pass records that it ran compiled, or, for a graph traced before ToDo attached,
+    that ToDo was never called."""
     if (type(model).__name__ == "OptimizedModule" or getattr(model, "_compiled_call_impl", None) is not None
             or getattr(model, "_is_torch_compile", False)):
         raise UnsupportedModelError(f"ToDo: {type(model).__name__} runs compiled by torch.compile, and ToDo does not "
                                     "act inside compiled graphs")
 
 
+class _TracedThrough:
+    """Whether ToDo's code ran inside a compiled graph (passing through) since a pass last read it."""
+
+    ran = False
+
+
+TRACED_THROUGH = _TracedThrough()
+
+
+def pass_through_traced() -> None:
+    """Called where ToDo's code is reached while torch.compile traces: ToDo passes through there. dynamo replays
+    this store after every run of the graph (a constant stored into a module global, nothing read: no guard, no
+    recompile), so a pass that runs a cached graph is marked too. It goes to a global, not to the pass's state,
+    because the graph would reach the state through the hook that holds it: on torch 2.1 a graph traced with the
+    hook still runs after `remove()` took the hook off and then fails (KeyError) looking for it."""
+    TRACED_THROUGH.ran = True
+
+
 class ToDoHook:
-    """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads; it does
-    nothing while torch.compile traces it (see `compiling`)."""
+    """A hook callable that `remove` recognises by its `is_todo_hook` flag, even across module reloads; while
+    torch.compile traces it, it does nothing but mark that (see `compiling`)."""
 
     is_todo_hook = True
 
@@ -52,6 +78,7 @@ class ToDoHook:
 
     def __call__(self, *args: Any) -> Any:
         if compiling():
+            pass_through_traced()
             return None
         return self.function(*args)
 
@@ -89,13 +116,17 @@ class PassState:
         """The `transformer_options` the host passed to this U-Net call (Forge family), None where it passes none."""
         self.record = PassRecord()
         self._window_from_host = False
+        self._model_ran_in_step = False
         self._warned = warned
+        TRACED_THROUGH.ran = False
 
     def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION) -> None:
         """The host's step-window decision for the coming step's U-Net calls, made once per step before the U-Net
         runs. None where it could not be decided (`why_unknown` says why): the step's calls then act as if inside
         the window, and the record counts them with that cause."""
         self._window_from_host = True
+        self._model_ran_in_step = False
+        self.record.steps += 1
         self._set_window(in_window, why_unknown)
 
     def begin_call(self, options: Any, read_window: Callable[[], bool]) -> None:
@@ -104,11 +135,21 @@ class PassState:
         outside a WebUI."""
         self.unreadable_call = False
         self.call_options = options if isinstance(options, dict) else None
+        if self._window_from_host and not self._model_ran_in_step:
+            self._model_ran_in_step = True
+            self.record.steps_run += 1
         if self.config.has_step_window and not self._window_from_host:
             try:
                 self._set_window(read_window(), NO_SCHEDULE_POSITION)
             except UnknownWindow as unknown:
                 self._set_window(None, str(unknown))
+
+    def take_traced(self) -> None:
+        """Moves the mark of graphs that ran ToDo's code traced through into this pass's record: the WebUIs run
+        one pass at a time, and the pass running now is the one that reads it."""
+        if TRACED_THROUGH.ran:
+            self.record.compiled = True
+            TRACED_THROUGH.ran = False
 
     def fail_call(self) -> None:
         """The U-Net's input could not be read: this call's attention runs exact and is counted as an error."""
@@ -164,7 +205,10 @@ class ToDoHandle:
 
     @property
     def record(self) -> PassRecord:
-        """What ToDo did since it was attached: grids received, calls downsampled, calls stepped aside and why."""
+        """What ToDo did since it was attached: grids received, calls downsampled, calls stepped aside and why,
+        whether the model ran compiled."""
+        if self._state.active:
+            self._state.take_traced()
         return self._state.record
 
     @property
@@ -176,6 +220,8 @@ class ToDoHandle:
         self._state.begin_step(in_window, why_unknown)
 
     def remove(self) -> None:
+        if self._state.active:
+            self._state.take_traced()
         self._state.active = False
         for part in self._parts:
             part.remove()

@@ -55,6 +55,15 @@ class PassRecord:
     aside: Counter = field(default_factory=Counter)
     bias: Counter = field(default_factory=Counter)
     """DiT calls by how their proportional bias travelled: a BIAS_CARRIED way or a BIAS_DROPPED cause."""
+    steps: int = 0
+    """Sampling steps the host began (its denoiser callback) for this attach."""
+    steps_run: int = 0
+    """Of those, the steps in which the model ran at least once; the host answered the others without it (a cache:
+    Forge Neo's Spectrum Integrated forecasts whole steps), so they ran no attention and no ToDo."""
+    compiled: bool = False
+    """The model ran under torch.compile: ToDo's code was reached while dynamo traced it, and there passed through
+    (`passes.compiling`), so those calls ran the model's own graph. Read as the pass ends; see
+    `PassState.take_traced`."""
 
     def acted(self, depth: int | None, grid: tuple[int, ...], kv_grid: tuple[int, ...], factor: float,
               kept: tuple[tuple[str, int], ...] = ()) -> None:
@@ -86,6 +95,9 @@ class PassRecord:
             total.kv.update(record.kv)
             total.aside.update(record.aside)
             total.bias.update(record.bias)
+            total.steps += record.steps
+            total.steps_run += record.steps_run
+            total.compiled = total.compiled or record.compiled
         return total
 
     def kv_text(self) -> str | None:
@@ -163,14 +175,32 @@ class JobRecord:
         return PassRecord.merged(attachment.record for each in kinds for attachment in self.attachments[each])
 
     def never_called(self) -> list[str]:
-        """Passes ToDo attached to whose hooks or patch the host never ran (an attention path that skips them)."""
-        return [kind for kind in PASS_KINDS if self.attachments[kind] and not self.record(kind).calls]
+        """Passes ToDo attached to whose hooks or patch the host never ran (an attention path that skips them), nor
+        traced into a compiled graph."""
+        return [kind for kind in PASS_KINDS
+                if self.attachments[kind] and not self.record(kind).calls and not self.record(kind).compiled]
+
+    def ran_compiled(self) -> list[str]:
+        """Passes whose model ran under torch.compile, where ToDo passed through."""
+        return [kind for kind in PASS_KINDS if self.attachments[kind] and self.record(kind).compiled]
 
     def sampling_notes(self) -> list[str]:
-        """What sampling showed: passes whose hooks or patch the host never ran, steps whose window could not be
-        decided, calls ToDo stepped aside in, DiT calls that ran without the proportional bias."""
+        """What sampling showed: passes whose hooks or patch the host never ran, passes that ran compiled, steps
+        the host answered without the model, steps whose window could not be decided, calls ToDo stepped aside in,
+        DiT calls that ran without the proportional bias."""
         notes = [f"attached to the {kind} pass, but the host never called ToDo there; that pass ran without it"
                  for kind in self.never_called()]
+        for kind in self.ran_compiled():
+            eager = self.record(kind).calls
+            notes.append(f"the model ran under torch.compile in the {kind} pass, and ToDo does not act inside "
+                         "compiled graphs: " + (f"ToDo was called only in the {eager} attention calls that ran eagerly"
+                                                if eager else "that pass ran without it"))
+        for kind in PASS_KINDS:
+            record = self.record(kind)
+            if record.steps_run and record.steps > record.steps_run and not record.compiled:
+                notes.append(f"the host ran the model in {record.steps_run} of {record.steps} steps of the {kind} "
+                             f"pass (a cache such as Spectrum answered the other {record.steps - record.steps_run} "
+                             "without it) and the K/V line counts the calls that ran")
         record = self.record()
         texts = (record.aside_text(), record.bias_text())
         return [*notes, *record.window_notes(), *(text for text in texts if text)]

@@ -105,6 +105,9 @@ def _make_patch(state: UNetPassState, sites: list[AttentionSite]) -> Callable:
     site_of_block = {site.name: site for site in sites}
 
     def todo_attn1_patch(n, context, value, extra_options):
+        # Under tracing it reads and stores nothing: Neo's Torch Compile Integrated drops the guards on
+        # transformer_options, where this patch sits, so a store here would be replayed into later jobs' options
+        # (KeyError: 'patches' where they have none). The U-Net's hooks mark the pass as compiled.
         if compiling() or not state.active:
             return n, context, value
         site = site_of_block.get(tuple(extra_options.get("block") or ())[:2])
