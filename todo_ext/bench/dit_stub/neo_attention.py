@@ -19,24 +19,23 @@ IS_SAGE_1 = False
 """Which SageAttention the host imported: version 1 runs head dimensions 64, 96 and 128 only, version 2 up to 128."""
 
 
+def _heads_first(q, k, v, heads, skip_reshape):
+    """The batch, the head dimension and q, k, v as (batch, heads, tokens, dim), from either layout the hosts pass."""
+    if skip_reshape:
+        return q.shape[0], q.shape[-1], q, k, v
+    batch, _, inner = q.shape
+    dim_head = inner // heads
+    return (batch, dim_head, *(t.view(batch, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v)))
+
+
 def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
                       **kwargs):
     """Mirrors backend/attention.py attention_pytorch: q, k, v as (batch, tokens, heads * dim), or as (batch,
     heads, tokens, dim) with `skip_reshape`; a mask (float added to the logits, or bool: True attends) of 2 dims is
     (queries, keys), of 3 dims (batch, queries, keys), of 4 dims (batch, heads, queries, keys), broadcast as SDPA
     does. Other keywords (transformer_options) are ignored."""
-    if skip_reshape:
-        batch, _, _, dim_head = q.shape
-    else:
-        batch, _, inner = q.shape
-        dim_head = inner // heads
-        q, k, v = (t.view(batch, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
-    if mask is not None:
-        if mask.dim() == 2:
-            mask = mask.unsqueeze(0)
-        if mask.dim() == 3:
-            mask = mask.unsqueeze(1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    batch, dim_head, q, k, v = _heads_first(q, k, v, heads, skip_reshape)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_four_dims(mask))
     if skip_output_reshape:
         return out
     return out.transpose(1, 2).reshape(batch, -1, heads * dim_head)
@@ -105,12 +104,7 @@ def attention_flash(q, k, v, heads, mask=None, attn_precision=None, skip_reshape
     """Mirrors attention.py attention_flash: asserts there is no mask and otherwise calls flash_attn_func on (batch,
     tokens, heads, dim); where that raises (a mask, a head flash-attn refuses) it logs the error and runs SDPA with
     the mask."""
-    if skip_reshape:
-        batch, _, _, dim_head = q.shape
-    else:
-        batch, _, inner = q.shape
-        dim_head = inner // heads
-        q, k, v = (t.view(batch, -1, heads, dim_head).transpose(1, 2) for t in (q, k, v))
+    batch, dim_head, q, k, v = _heads_first(q, k, v, heads, skip_reshape)
     mask = _four_dims(mask)
     try:
         assert mask is None
