@@ -276,14 +276,14 @@ def test_fixture_makers_write_only_below_the_paths_given_to_them(path):
 
 PATCHING_A_HOST = '''
 import json, os
-DETECTION = "repositories/huggingface_guess/huggingface_guess/detection.py"
+DETECTION = os.path.join("repositories", "huggingface_guess", "huggingface_guess", "detection" + ".py")
 
-def patch_detection(forge):
+def rewrite_detection(forge):
     path = os.path.join(forge, DETECTION)
     with open(path, "w") as file:
         file.write("")
 
-def patch_t5_config(root, folder):
+def rewrite_t5_config(root, folder):
     path = os.path.join(root, "backend", "huggingface", folder, "config.json")
     with open(path, "w") as file:
         json.dump({}, file)

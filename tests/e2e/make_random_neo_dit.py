@@ -10,7 +10,7 @@ separate text encoders (models/text_encoder, listed under "VAE / Text Encoder").
 safetensors only (random_weights.py beside this file); files are written only into these two folders, tensor by
 tensor, so memory stays low however large a file is.
 
-What 2.26 reads (backend/loader.py, modules_forge/packages/huggingface_guess/detection.py and model_list.py):
+What 2.26 reads (backend/loader.py, and the detection and model_list modules of its bundled huggingface_guess):
 - The transformer under `model.diffusion_model.`, the VAE under `vae.`, text encoders under `text_encoders.`.
   2.26 counts the blocks of Flux, Chroma, Flux.2, Z-Image and Krea 2 from the file's keys and takes their widths
   from the embedders' shapes, so the transformers here are full width with few blocks.

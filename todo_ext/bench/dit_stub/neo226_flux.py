@@ -1,6 +1,6 @@
 """Mirrors Forge Neo 2.26's backend/nn/flux.py (Flux.1, Kontext, Flux.2 Klein): the module-level `attention(q, k,
-v, pe, mask, transformer_options)` applies RoPE and calls the module global `attention_function` (imported by name
-from backend/attention.py, whose contract 2.26 keeps: neo_attention) with `skip_reshape=True`, the mask and the
+v, pe, mask, transformer_options)` applies RoPE and calls the module global `attention_function` (imported by name,
+backend/attention.py's, whose contract 2.26 keeps: neo_attention) with `skip_reshape=True`, the mask and the
 options. The model patches at its own `patch_size`: 2 on Flux.1's 16-channel latent, 1 on Klein's, which arrives
 already packed (128 channels). Reference latents come as `ref_latents=` or `dynamic_args.ref_latents` and follow
 the image; the blocks are neo_flux's with 2.26's forward."""
