@@ -253,7 +253,7 @@ def on_denoiser_step(params):
         return
     for attachment in _attachments:
         if attachment.attached(sd_model):  # one left by a model switch would count steps its model never ran
-            attachment.begin_step(params.sigma, params.denoiser)
+            attachment.begin_step(params.sigma, params.denoiser, getattr(params, "sampling_step", None))
 
 
 _said = set()

@@ -117,16 +117,22 @@ class PassState:
         self.record = PassRecord()
         self._window_from_host = False
         self._model_ran_in_step = False
+        self._step: int | None = None
         self._warned = warned
         TRACED_THROUGH.ran = False
 
-    def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION) -> None:
+    def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION,
+                   step: int | None = None) -> None:
         """The host's step-window decision for the coming step's U-Net calls, made once per step before the U-Net
         runs. None where it could not be decided (`why_unknown` says why): the step's calls then act as if inside
-        the window, and the record counts them with that cause."""
+        the window, and the record counts them with that cause. `step`, the sampler's step index where the host
+        tells it: a second call for the same index (a second-order sampler's second model evaluation) is no new
+        step."""
         self._window_from_host = True
-        self._model_ran_in_step = False
-        self.record.steps += 1
+        if step is None or step != self._step:
+            self._step = step
+            self._model_ran_in_step = False
+            self.record.steps += 1
         self._set_window(in_window, why_unknown)
 
     def begin_call(self, options: Any, read_window: Callable[[], bool]) -> None:
@@ -215,9 +221,10 @@ class ToDoHandle:
     def active(self) -> bool:
         return self._state.active
 
-    def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION) -> None:
+    def begin_step(self, in_window: bool | None, why_unknown: str = NO_SCHEDULE_POSITION,
+                   step: int | None = None) -> None:
         """The step window for the coming step, decided by the host once per step (see PassState.begin_step)."""
-        self._state.begin_step(in_window, why_unknown)
+        self._state.begin_step(in_window, why_unknown, step)
 
     def remove(self) -> None:
         if self._state.active:

@@ -496,9 +496,9 @@ def test_refiner_switch_mid_pass_gets_hooked_and_cleaned(job, unet):
     assert hooks_seen == [(False, todo_hook_count_when_applied(unet)), (True, todo_hook_count_when_applied(refiner))]
     assert todo_hook_count(unet) == 0 and todo_hook_count(refiner) == 0
     steps = [(each.record.steps, each.record.steps_run) for each in p.todo_job.attachments["first"]]
-    # the base model's attach saw the stub's callback at the pass start and step 0 (one U-Net call); it counts
-    # none of the refiner's steps, which its model never ran
-    assert steps == [(2, 1), (1, 1)]
+    # the base model's attach saw the stub's callback at the pass start and the sampler's step 0, both of index 0:
+    # one step, with one U-Net call; it counts none of the refiner's steps, which its model never ran
+    assert steps == [(1, 1), (1, 1)]
 
 
 def todo_hook_count_when_applied(unet):

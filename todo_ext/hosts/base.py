@@ -27,21 +27,23 @@ class Attachment:
     def record(self) -> PassRecord:
         return self.handle.record
 
-    def begin_step(self, sigma: Any, denoiser: Any) -> None:
+    def begin_step(self, sigma: Any, denoiser: Any, step: int | None = None) -> None:
         """A step the host's schedule cannot place (no sigma, no schedule, the schedule raised) is not kept out of
-        the window: its calls are counted with the cause, which the note states, and one warning is logged."""
+        the window: its calls are counted with the cause, which the note states, and one warning is logged. `step`
+        is the sampler's step index (the callback's `sampling_step`), which tells a new step from a second model
+        evaluation of the same one."""
         if not self.handle.config.has_step_window:
-            self.handle.begin_step(True)
+            self.handle.begin_step(True, step=step)
             return
         if sigma is None:
-            self.handle.begin_step(None, "the sampler told no sigma")
+            self.handle.begin_step(None, "the sampler told no sigma", step)
             return
         try:
-            self.handle.begin_step(self._in_window(sigma, denoiser))
+            self.handle.begin_step(self._in_window(sigma, denoiser), step=step)
         except UnknownWindow as unknown:
-            self.handle.begin_step(None, str(unknown))
+            self.handle.begin_step(None, str(unknown), step)
         except Exception as error:
-            self.handle.begin_step(None, f"the sampler's schedule raised {type(error).__name__}")
+            self.handle.begin_step(None, f"the sampler's schedule raised {type(error).__name__}", step)
 
     def attached(self, sd_model: Any) -> bool:
         return self.handle.active and self._runs_on(sd_model)
